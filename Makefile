@@ -1,0 +1,36 @@
+# gwnomad. `make` builds everything into bin/; `make test` is what CI runs.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := $(CURDIR)/bin
+export GOTOOLCHAIN := local
+
+.PHONY: all build tools test test-short demo demo-down bench resilience fuzz vet clean
+
+all: build tools
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# Real agents, built from the Go module proxy as tool dependencies of their own
+# modules (the main module stays free of their dependencies).
+tools: $(BIN)/consul $(BIN)/nomad $(BIN)/pebble
+
+$(BIN)/consul: tools/consul/go.mod
+	cd tools/consul && GOBIN=$(BIN) $(GO) install tool
+$(BIN)/nomad: tools/nomad/go.mod
+	cd tools/nomad && GOBIN=$(BIN) $(GO) install tool
+$(BIN)/pebble: tools/pebble/go.mod
+	cd tools/pebble && GOBIN=$(BIN) $(GO) install tool
+
+# Unit and integration tests against real Consul, Nomad and Pebble.
+test: build tools
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 25m -p 1 ./...
+
+# Unit tests only (no agents).
+test-short: build
+	$(GO) test -short -count=1 ./...
+
+clean:
+	rm -rf $(BIN) .demo
