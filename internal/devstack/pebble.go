@@ -108,8 +108,8 @@ func newPebble(cfg *Config, o PebbleOptions) (*Pebble, error) {
 	}
 	p.Proc = &Proc{
 		Name: "pebble", Path: filepath.Join(cfg.BinDir, "pebble"),
-		Args: []string{"-config", confPath, "-dnsserver", fmt.Sprintf("127.0.0.1:%d", dnsPort)},
-		Env:  []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"},
+		Args:    []string{"-config", confPath, "-dnsserver", fmt.Sprintf("127.0.0.1:%d", dnsPort)},
+		Env:     []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"},
 		LogPath: filepath.Join(cfg.Dir, "logs", "pebble.log"), Detach: cfg.Detach,
 	}
 	return p, nil
@@ -223,4 +223,3 @@ func writeLocalhostCert(dir string) (caFile, certFile, keyFile string, err error
 	}
 	return
 }
-
