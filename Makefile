@@ -8,9 +8,11 @@ export GOTOOLCHAIN := local
 
 all: build tools
 
+# The simulator is static (CGO off): the exec driver's chroot holds nothing else.
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/gwnomad
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gatewaysim
 
 # Real agents, built from the Go module proxy as tool dependencies of their own
 # modules (the main module stays free of their dependencies).
@@ -20,8 +22,10 @@ $(BIN)/consul: tools/consul/go.mod
 	cd tools/consul && GOBIN=$(BIN) $(GO) install tool
 $(BIN)/nomad: tools/nomad/go.mod
 	cd tools/nomad && GOBIN=$(BIN) $(GO) install tool
+# Pebble's version string is set by ldflags in its releases; do the same.
+PEBBLE_VERSION := $(shell awk '$$1=="github.com/letsencrypt/pebble/v2"{print $$2}' tools/pebble/go.mod)
 $(BIN)/pebble: tools/pebble/go.mod
-	cd tools/pebble && GOBIN=$(BIN) $(GO) install tool
+	cd tools/pebble && GOBIN=$(BIN) $(GO) install -ldflags "-X main.version=$(PEBBLE_VERSION)" tool
 
 # Unit and integration tests against real Consul, Nomad and Pebble.
 test: build tools
