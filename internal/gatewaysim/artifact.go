@@ -36,11 +36,11 @@ type Resource struct {
 
 // segment kinds of a compiled uri-template.
 const (
-	segLiteral  = iota // exact text
-	segParam           // {name}: one non-empty path segment
-	segAffix           // pre{name}suf: one segment with a literal prefix/suffix
-	segStar            // * not last: exactly one segment
-	segRest            // * last: the rest of the path, possibly empty
+	segLiteral = iota // exact text
+	segParam          // {name}: one non-empty path segment
+	segAffix          // pre{name}suf: one segment with a literal prefix/suffix
+	segStar           // * not last: exactly one segment
+	segRest           // * last: the rest of the path, possibly empty
 )
 
 type segment struct {
