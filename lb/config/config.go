@@ -1,0 +1,440 @@
+// Package config is the lb.toml of `gwnomad lb`: its keys, their defaults (all
+// in Default, nowhere else) and the checks that reject a bad file before the
+// load balancer starts.
+//
+// Loading is strict: an unknown key is an error, so a typo never silently
+// falls back to a default.
+//
+//	cfg, err := config.Load("lb.toml") // Default() overlaid with the file
+//	cfg.Listen.HTTP = ":8080"          // flags override the file
+//	err = cfg.Validate()
+//
+// A minimal file:
+//
+//	[[routes]]
+//	hosts = ["gw.am.wso2.com"]
+//
+// which sends every request for gw.am.wso2.com to the passing instances of the
+// Consul service "apim-gateway", on their passthrough HTTP port, with the
+// power-of-two-choices policy.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Config is the whole lb.toml.
+type Config struct {
+	Listen Listen  `toml:"listen"`
+	Consul Consul  `toml:"consul"`
+	Proxy  Proxy   `toml:"proxy"`
+	Health Health  `toml:"health"`
+	TLS    TLS     `toml:"tls"`
+	Log    Log     `toml:"log"`
+	Routes []Route `toml:"routes"`
+}
+
+// Listen holds the listener addresses. An empty address disables that
+// listener (admin cannot be disabled).
+type Listen struct {
+	HTTP  string `toml:"http"`  // default ":80"
+	HTTPS string `toml:"https"` // default ":443"; used only when tls.mode != "off"
+	Admin string `toml:"admin"` // default "127.0.0.1:9901": /metrics, /routes, /healthz
+}
+
+// Consul is how the balancer reaches Consul. Empty values come from the
+// usual environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...).
+type Consul struct {
+	Address    string `toml:"address"`    // default "" (CONSUL_HTTP_ADDR, else 127.0.0.1:8500)
+	Scheme     string `toml:"scheme"`     // default "" (from the environment, else http)
+	Token      string `toml:"token"`      // default "" (CONSUL_HTTP_TOKEN)
+	Datacenter string `toml:"datacenter"` // default "" (the agent's)
+	CAFile     string `toml:"ca_file"`    // default "" (CONSUL_CACERT)
+
+	// WaitTime is how long one blocking query may wait for a change.
+	WaitTime Duration `toml:"wait_time"` // default "60s"
+	// MaxStaleness bounds how long the last good answer is served while
+	// Consul cannot be reached; past it, the route empties (503). 0 means
+	// forever.
+	MaxStaleness Duration `toml:"max_staleness"` // default "15m"
+	// ReconnectGrace: after Consul was unreachable, answers may only add
+	// instances during this period; removals wait until it ends. A Consul
+	// agent that restarts marks every check critical until it has run once,
+	// and that must not empty the routes.
+	ReconnectGrace Duration `toml:"reconnect_grace"` // default "15s"
+
+	// Register the balancer itself in Consul as a service with an HTTP
+	// check against the admin /healthz; it is deregistered on shutdown.
+	Register      bool     `toml:"register"`        // default true
+	ServiceName   string   `toml:"service_name"`    // default "gwnomad-lb"
+	ServiceID     string   `toml:"service_id"`      // default "<service_name>-<hostname>-<port>"
+	ServiceAddr   string   `toml:"service_address"` // default "" (the agent's node address)
+	CheckInterval Duration `toml:"check_interval"`  // default "5s"
+}
+
+// Proxy is the request path.
+type Proxy struct {
+	// Tries is the maximum number of attempts for one request, the first
+	// one included (the try budget).
+	Tries int `toml:"tries"` // default 3
+	// RetryBudgetPercent caps retries, over all requests, to this share of
+	// the requests of the last second (plus RetryBudgetMin per second), so
+	// retries cannot multiply an overload. 0 disables the cap.
+	RetryBudgetPercent int `toml:"retry_budget_percent"` // default 20
+	RetryBudgetMin     int `toml:"retry_budget_min"`     // default 10
+
+	DialTimeout     Duration `toml:"dial_timeout"`     // default "2s"
+	UpstreamTimeout Duration `toml:"upstream_timeout"` // default "60s": whole response from a gateway
+	ReadTimeout     Duration `toml:"read_timeout"`     // default "30s": whole request from a client
+	WriteTimeout    Duration `toml:"write_timeout"`    // default "60s": whole response to a client
+	IdleTimeout     Duration `toml:"idle_timeout"`     // default "120s": keep-alive between requests
+	// MaxHeaderBytes limits the request line and headers (431 beyond).
+	MaxHeaderBytes int `toml:"max_header_bytes"` // default 16384
+	// MaxBodyBytes limits request bodies (413 beyond). Bodies are buffered
+	// whole, which is what lets any request be resent to another gateway.
+	MaxBodyBytes int `toml:"max_body_bytes"` // default 16777216 (16 MiB)
+	// MaxConnsPerUpstream bounds the keep-alive pool to one gateway.
+	MaxConnsPerUpstream int `toml:"max_conns_per_upstream"` // default 1024
+	// MaxConns bounds concurrent client connections (0: 256*1024).
+	MaxConns int `toml:"max_conns"` // default 0
+	// TrustedProxies are the client addresses (CIDR or IP) whose
+	// X-Forwarded-For/-Proto/-Host are kept and appended to; from anyone
+	// else they are replaced.
+	TrustedProxies []string `toml:"trusted_proxies"` // default []
+	// GracePeriod: on SIGTERM, in-flight requests get this long to finish.
+	GracePeriod Duration `toml:"grace_period"` // default "30s"
+	// DrainDelay: on SIGTERM, /healthz fails and the Consul registration
+	// goes away first; new requests are still served for this long (so that
+	// whatever is in front stops sending) before the listeners close.
+	DrainDelay Duration `toml:"drain_delay"` // default "0s"
+}
+
+// Health is passive health checking: what the request path itself sees.
+type Health struct {
+	// ConsecutiveFailures (connection failures or 5xx) eject an instance.
+	ConsecutiveFailures int `toml:"consecutive_failures"` // default 3
+	// FailOn5xx counts 5xx answers as failures (502/503/504 always count).
+	FailOn5xx bool `toml:"fail_on_5xx"` // default true
+	// BaseEjection is the first ejection; each further one while the
+	// instance keeps failing doubles it, up to MaxEjection.
+	BaseEjection Duration `toml:"base_ejection"` // default "2s"
+	MaxEjection  Duration `toml:"max_ejection"`  // default "60s"
+	// MaxEjectedPercent is the panic threshold: ejection never takes more
+	// than this share of a route's instances out (at least one stays).
+	MaxEjectedPercent int `toml:"max_ejected_percent"` // default 50
+}
+
+// TLS is the client-facing TLS.
+type TLS struct {
+	Mode     string `toml:"mode"`      // default "off": off | files | acme (acme: a later issue)
+	CertFile string `toml:"cert_file"` // default ""
+	KeyFile  string `toml:"key_file"`  // default ""
+}
+
+// Log is logging.
+type Log struct {
+	Level string `toml:"level"` // default "info": debug | info | warn | error
+	// AccessLog: "" (off), "-" (stdout) or a file path; one JSON object a line.
+	AccessLog string `toml:"access_log"` // default ""
+}
+
+// Route sends the requests for some hosts to one Consul service.
+type Route struct {
+	// Hosts to match against the Host header (port ignored, case folded):
+	// exact names, "*.example.com" (any subdomain) or "*" (default route).
+	Hosts   []string `toml:"hosts"`
+	Service string   `toml:"service"` // default "apim-gateway"
+	Tag     string   `toml:"tag"`     // default "": optional tag filter
+	// Port: a number, or the name of a registered port: meta "port_<name>"
+	// of the instance ("http", "https", "passthru_http", "passthru_https").
+	// "passthru_http" falls back to the service port; "service" is the
+	// service port.
+	Port   string `toml:"port"`   // default "passthru_http"
+	Scheme string `toml:"scheme"` // default "http": or "https" to the gateway
+	// CAFile verifies the gateways' certificates (scheme https); SkipVerify
+	// does not verify them; ServerName overrides the name checked.
+	CAFile     string `toml:"ca_file"`     // default "" (system roots)
+	SkipVerify bool   `toml:"skip_verify"` // default false
+	ServerName string `toml:"server_name"` // default "" (the instance address)
+	Policy     string `toml:"policy"`      // default "p2c": round_robin | least_conn | p2c
+}
+
+// Policies known to the balancer.
+var Policies = []string{"round_robin", "least_conn", "p2c"}
+
+// Default is the configuration with every default filled in (and no route).
+func Default() *Config {
+	return &Config{
+		Listen: Listen{HTTP: ":80", HTTPS: ":443", Admin: "127.0.0.1:9901"},
+		Consul: Consul{
+			WaitTime:       Duration(60 * time.Second),
+			MaxStaleness:   Duration(15 * time.Minute),
+			ReconnectGrace: Duration(15 * time.Second),
+			Register:       true,
+			ServiceName:    "gwnomad-lb",
+			CheckInterval:  Duration(5 * time.Second),
+		},
+		Proxy: Proxy{
+			Tries:               3,
+			RetryBudgetPercent:  20,
+			RetryBudgetMin:      10,
+			DialTimeout:         Duration(2 * time.Second),
+			UpstreamTimeout:     Duration(60 * time.Second),
+			ReadTimeout:         Duration(30 * time.Second),
+			WriteTimeout:        Duration(60 * time.Second),
+			IdleTimeout:         Duration(120 * time.Second),
+			MaxHeaderBytes:      16 << 10,
+			MaxBodyBytes:        16 << 20,
+			MaxConnsPerUpstream: 1024,
+			GracePeriod:         Duration(30 * time.Second),
+		},
+		Health: Health{
+			ConsecutiveFailures: 3,
+			FailOn5xx:           true,
+			BaseEjection:        Duration(2 * time.Second),
+			MaxEjection:         Duration(60 * time.Second),
+			MaxEjectedPercent:   50,
+		},
+		TLS: TLS{Mode: "off"},
+		Log: Log{Level: "info"},
+	}
+}
+
+// RouteDefaults fills a route's empty fields.
+func RouteDefaults(r *Route) {
+	if r.Service == "" {
+		r.Service = "apim-gateway"
+	}
+	if r.Port == "" {
+		r.Port = "passthru_http"
+	}
+	if r.Scheme == "" {
+		r.Scheme = "http"
+	}
+	if r.Policy == "" {
+		r.Policy = "p2c"
+	}
+}
+
+// Load reads path over Default (strict: unknown keys are errors) and fills
+// route defaults. It does not Validate: flags may still override.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading lb config: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse is Load from bytes.
+func Parse(b []byte) (*Config, error) {
+	cfg := Default()
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return nil, fmt.Errorf("lb config: %s", sm.String())
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return nil, fmt.Errorf("lb config: line %d column %d: %w", row, col, err)
+		}
+		return nil, fmt.Errorf("lb config: %w", err)
+	}
+	for i := range cfg.Routes {
+		RouteDefaults(&cfg.Routes[i])
+	}
+	return cfg, nil
+}
+
+// Validate checks the whole configuration and returns every problem found.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	checkAddr := func(name, addr string, required bool) {
+		if addr == "" {
+			if required {
+				bad("listen.%s: required", name)
+			}
+			return
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("listen.%s %q: %v", name, addr, err)
+		}
+	}
+	checkAddr("http", c.Listen.HTTP, false)
+	checkAddr("admin", c.Listen.Admin, true)
+	switch c.TLS.Mode {
+	case "off":
+		if c.Listen.HTTP == "" {
+			bad("listen.http: required when tls.mode is off")
+		}
+	case "files":
+		checkAddr("https", c.Listen.HTTPS, true)
+		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
+			bad("tls: mode \"files\" needs cert_file and key_file")
+		}
+	case "acme":
+		bad("tls.mode \"acme\" is not available yet (use off or files)")
+	default:
+		bad("tls.mode %q: want off, files or acme", c.TLS.Mode)
+	}
+	if c.Proxy.Tries < 1 {
+		bad("proxy.tries %d: at least 1", c.Proxy.Tries)
+	}
+	if c.Proxy.RetryBudgetPercent < 0 || c.Proxy.RetryBudgetMin < 0 {
+		bad("proxy.retry_budget_percent/retry_budget_min: must not be negative")
+	}
+	if c.Proxy.MaxHeaderBytes < 1024 {
+		bad("proxy.max_header_bytes %d: at least 1024", c.Proxy.MaxHeaderBytes)
+	}
+	if c.Proxy.MaxBodyBytes < 0 {
+		bad("proxy.max_body_bytes: must not be negative")
+	}
+	if c.Proxy.DialTimeout <= 0 || c.Proxy.UpstreamTimeout <= 0 {
+		bad("proxy.dial_timeout and upstream_timeout must be positive")
+	}
+	if _, err := c.Proxy.TrustedPrefixes(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Health.ConsecutiveFailures < 1 {
+		bad("health.consecutive_failures %d: at least 1", c.Health.ConsecutiveFailures)
+	}
+	if c.Health.MaxEjectedPercent < 0 || c.Health.MaxEjectedPercent > 100 {
+		bad("health.max_ejected_percent %d: 0..100", c.Health.MaxEjectedPercent)
+	}
+	if c.Health.BaseEjection <= 0 || c.Health.MaxEjection < c.Health.BaseEjection {
+		bad("health: need 0 < base_ejection <= max_ejection")
+	}
+	if c.Consul.WaitTime < Duration(time.Second) {
+		bad("consul.wait_time %s: at least 1s", c.Consul.WaitTime)
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	if len(c.Routes) == 0 {
+		bad("routes: at least one [[routes]] is needed")
+	}
+	seen := map[string]int{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		RouteDefaults(r)
+		if len(r.Hosts) == 0 {
+			bad("routes[%d]: hosts is empty", i)
+		}
+		for _, h := range r.Hosts {
+			hn := strings.ToLower(h)
+			if err := checkHost(hn); err != nil {
+				bad("routes[%d]: host %q: %v", i, h, err)
+			}
+			if j, dup := seen[hn]; dup {
+				bad("routes[%d]: host %q already in routes[%d]", i, h, j)
+			}
+			seen[hn] = i
+		}
+		if _, _, err := ParsePort(r.Port); err != nil {
+			bad("routes[%d]: %v", i, err)
+		}
+		if r.Scheme != "http" && r.Scheme != "https" {
+			bad("routes[%d]: scheme %q: want http or https", i, r.Scheme)
+		}
+		ok := false
+		for _, p := range Policies {
+			ok = ok || p == r.Policy
+		}
+		if !ok {
+			bad("routes[%d]: policy %q: want one of %s", i, r.Policy, strings.Join(Policies, ", "))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkHost(h string) error {
+	if h == "*" {
+		return nil
+	}
+	name := strings.TrimPrefix(h, "*.")
+	if name == "" || strings.ContainsAny(name, "*:/ ") {
+		return errors.New("want a name, *.name or *")
+	}
+	return nil
+}
+
+// ParsePort reads a route's port: a number (num > 0) or a name.
+func ParsePort(s string) (num int, name string, err error) {
+	if s == "" {
+		return 0, "", errors.New("port is empty")
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 65535 {
+			return 0, "", fmt.Errorf("port %d out of range", n)
+		}
+		return n, "", nil
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return 0, "", fmt.Errorf("port %q: want a number or a name like passthru_http", s)
+		}
+	}
+	return 0, s, nil
+}
+
+// TrustedPrefixes parses TrustedProxies (CIDRs or single addresses).
+func (p *Proxy) TrustedPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(p.TrustedProxies))
+	for _, s := range p.TrustedProxies {
+		if strings.Contains(s, "/") {
+			pf, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("proxy.trusted_proxies %q: %w", s, err)
+			}
+			out = append(out, pf.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("proxy.trusted_proxies %q: %w", s, err)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// Duration is a time.Duration written as a string in TOML ("1.5s", "2m").
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, err)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q: negative", b)
+	}
+	*d = Duration(v)
+	return nil
+}
