@@ -124,7 +124,7 @@ func TestLoadConfigSyntaxError(t *testing.T) {
 func TestLoadConfigWrongType(t *testing.T) {
 	for _, tc := range []struct {
 		name, toml, key string
-		line           int
+		line            int
 	}{
 		{"offset string", "[server]\noffset = \"ten\"\n", "server.offset", 2},
 		{"port string", "[transport.http]\nproperties.port = \"9763\"\n", "transport.http.properties.port", 2},
