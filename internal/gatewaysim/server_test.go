@@ -318,7 +318,7 @@ func TestReload(t *testing.T) {
 		t.Errorf("other API after a removal: %+v", a)
 	}
 	logs := n.logs.String()
-	for _, want := range []string{"PizzaShackAPI.xml: deployed", "PizzaShackAPI.xml: redeployed", "PizzaShackAPI.xml: removed: undeployed"} {
+	for _, want := range []string{"PizzaShackAPI.xml: deployed API PizzaShackAPI at /pizzashack/1.0.0", "deployed API PizzaShackAPI at /pizzashack/2.0.0", "PizzaShackAPI.xml: removed: undeployed"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q", want)
 		}
