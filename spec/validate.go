@@ -218,6 +218,20 @@ func (s *Spec) validate(v *validator) {
 			instead, core := CoreKeys[d]
 			if core && (s.Clustering.Enabled || !strings.HasPrefix(d, "clustering.")) {
 				v.errs = append(v.errs, s.errAt(l.Pos, "config."+d, "gwnomad writes "+d+" itself: set "+instead+" instead"))
+				continue
+			}
+			for _, c := range coreKeyList {
+				if !s.Clustering.Enabled && strings.HasPrefix(c, "clustering.") {
+					continue
+				}
+				if strings.HasPrefix(c, d+".") {
+					v.errs = append(v.errs, s.errAt(l.Pos, "config."+d, d+" is a table of values gwnomad writes (such as "+c+"), not a value"))
+					break
+				}
+				if strings.HasPrefix(d, c+".") {
+					v.errs = append(v.errs, s.errAt(l.Pos, "config."+d, c+" is a value gwnomad writes, not a table"))
+					break
+				}
 			}
 		}
 	}
@@ -266,6 +280,15 @@ func isDNSName(h string) bool {
 	}
 	return true
 }
+
+var coreKeyList = func() []string {
+	out := make([]string, 0, len(CoreKeys))
+	for k := range CoreKeys {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}()
 
 // knownKeys lists every spec key (dotted), for "did you mean" suggestions.
 var knownKeys = func() []string {
