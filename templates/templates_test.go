@@ -122,11 +122,11 @@ func TestRenderOffline(t *testing.T) {
 	}
 	golden(t, "full.offline.toml", r.Output)
 	for key, want := range map[string]any{
-		"server.node_ip":                  "10.1.2.3",
-		"server.offset":                   int64(10),
-		"server.server_role":              "gateway-worker-eu",
-		"transport.http.properties.port":  int64(20000), // allocated 20010 - offset 10
-		"transport.https.properties.port": int64(9443),  // static: 9453 - 10
+		"server.node_ip":                                   "10.1.2.3",
+		"server.offset":                                    int64(10),
+		"server.server_role":                               "gateway-worker-eu",
+		"transport.http.properties.port":                   int64(20000), // allocated 20010 - offset 10
+		"transport.https.properties.port":                  int64(9443),  // static: 9453 - 10
 		"transport.https.sslHostConfig.properties.ciphers": "TLS_AES_128_GCM_SHA256",
 		"clustering.local_member_port":                     "4000",
 		"system.parameter.org.wso2.CipherTransformation":   "RSA/ECB/OAEPwithSHA1andMGF1Padding",
