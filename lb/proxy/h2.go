@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/gwnomad/gwnomad/lb/balancer"
+)
+
+var h2BodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// ServeHTTP is the net/http handler for HTTP/2 clients. It converts the
+// request to the fasthttp path's form and follows the same rules (the
+// gateways are reached over HTTP/1.1 from the same keep-alive pools).
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
+	start := time.Now()
+	t := p.table.Load()
+	var r *balancer.Route
+	if t != nil {
+		r = t.Match([]byte(hr.Host))
+	}
+	var o outcome
+	client := remoteFromString(hr.RemoteAddr)
+	if r == nil {
+		o.noRoute = true
+		p.record(nil, &o, http.StatusNotFound, start)
+		http.Error(w, "gwnomad-lb: no route for this host", http.StatusNotFound)
+		return
+	}
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod(hr.Method)
+	req.Header.SetRequestURI(hr.URL.RequestURI())
+	req.Header.SetHost(hr.Host)
+	req.UseHostHeader = true
+	for k, vs := range hr.Header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	if hr.Body != nil && hr.Body != http.NoBody {
+		buf := h2BodyPool.Get().(*bytes.Buffer)
+		buf.Reset()
+		defer h2BodyPool.Put(buf)
+		if err := readLimited(buf, hr.Body, p.maxBody); err != nil {
+			code := http.StatusBadRequest
+			if err == errNoBody {
+				code = http.StatusRequestEntityTooLarge
+			}
+			p.record(r, &o, code, start)
+			http.Error(w, "gwnomad-lb: "+err.Error(), code)
+			return
+		}
+		req.SetBodyRaw(buf.Bytes())
+	}
+	stripHopRequest(&req.Header, false)
+	p.setForwarded(&req.Header, client, hr.TLS != nil)
+	p.forward(r, req, resp, start, &o)
+	if o.none || o.err != nil || o.up == nil {
+		p.writeError(resp, &o)
+	} else {
+		stripHopResponse(&resp.Header)
+	}
+	h := w.Header()
+	for k, v := range resp.Header.All() {
+		switch string(k) {
+		case "Connection", "Content-Length", "Transfer-Encoding":
+			continue
+		}
+		h.Add(string(k), string(v))
+	}
+	body := resp.Body()
+	if !resp.SkipBody && hr.Method != http.MethodHead {
+		h.Set("Content-Length", strconv.Itoa(len(body)))
+	}
+	code := resp.StatusCode()
+	w.WriteHeader(code)
+	if hr.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	p.record(r, &o, code, start)
+	if p.opt.AccessLog != nil {
+		p.opt.AccessLog.Write(&Entry{
+			Start: start, Remote: client, Method: []byte(hr.Method), Host: []byte(hr.Host),
+			URI: []byte(hr.URL.RequestURI()), Proto: []byte(hr.Proto), Status: code, Bytes: len(body),
+			Route: r, Upstream: o.up, Tries: o.tries, Err: o.err,
+		})
+	}
+}
+
+func remoteFromString(s string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap()
+	}
+	host, _, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	a, _ := netip.ParseAddr(host)
+	return a.Unmap()
+}

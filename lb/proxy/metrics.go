@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics of the request path. Their label children are resolved once per
+// route and instance (balancer hooks), never per request.
+type Metrics struct {
+	Requests        *prometheus.CounterVec   // route, instance, code
+	Duration        *prometheus.HistogramVec // route
+	Retries         *prometheus.CounterVec   // route
+	Ejections       *prometheus.CounterVec   // route, instance
+	NoRoute         prometheus.Counter
+	BudgetExhausted prometheus.Counter
+}
+
+// NewMetrics makes the metrics and registers them with reg (nil: not
+// registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gwnomad_lb_requests_total",
+			Help: "Requests by route, instance (empty: answered by the balancer) and status class (error: no answer from the gateway).",
+		}, []string{"route", "instance", "code"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gwnomad_lb_request_duration_seconds",
+			Help:    "Time from the request's arrival to the end of the answer's preparation, by route.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route"}),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gwnomad_lb_retries_total", Help: "Requests sent again to another instance, by route.",
+		}, []string{"route"}),
+		Ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gwnomad_lb_ejections_total", Help: "Passive-health ejections by route and instance.",
+		}, []string{"route", "instance"}),
+		NoRoute: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gwnomad_lb_no_route_total", Help: "Requests for a host that no route matches (404).",
+		}),
+		BudgetExhausted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gwnomad_lb_retry_budget_exhausted_total", Help: "Retries not made because the retry budget was spent.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted)
+	}
+	return m
+}
+
+const numCodes = 7
+
+// codeLabels[codeIndex(status)]; 0 is "no answer".
+var codeLabels = [numCodes]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx", "other"}
+
+func codeIndex(code int) int {
+	if code >= 100 && code < 600 {
+		return code / 100
+	}
+	return 6
+}

@@ -1,0 +1,419 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/gwnomad/gwnomad/lb/balancer"
+	"github.com/gwnomad/gwnomad/lb/config"
+	"github.com/gwnomad/gwnomad/lb/discovery"
+)
+
+var testHealth = balancer.Health{ConsecutiveFailures: 2, BaseEjection: 5 * time.Second, MaxEjection: 30 * time.Second, MaxEjectedPercent: 50}
+
+func staticSnap(addrs ...string) map[discovery.Query]*discovery.Snapshot {
+	s := &discovery.Snapshot{Query: discovery.Query{Service: "apim-gateway"}, Updated: time.Now()}
+	for i, a := range addrs {
+		host, port, _ := net.SplitHostPort(a)
+		n, _ := strconv.Atoi(port)
+		s.Instances = append(s.Instances, discovery.Instance{ID: fmt.Sprintf("gw-%d", i), Node: "node", Address: host, Port: n, Status: "passing"})
+	}
+	return map[discovery.Query]*discovery.Snapshot{s.Query: s}
+}
+
+type testLB struct {
+	p    *Proxy
+	b    *balancer.Builder
+	h    *balancer.Holder
+	addr string
+	url  string
+}
+
+func startLB(t *testing.T, opt Options, backends ...string) *testLB {
+	t.Helper()
+	h := &balancer.Holder{}
+	p := New(h, opt)
+	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com", "127.0.0.1"}, Policy: "round_robin"}}, testHealth)
+	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
+	h.Store(b.Build(staticSnap(backends...)))
+	srv := p.NewFastServer(ServerOptions{ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: 5 * time.Second, MaxHeaderBytes: 4096, MaxBodyBytes: 1 << 20})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return &testLB{p: p, b: b, h: h, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
+}
+
+// backend answers with its name and echoes what it saw as headers.
+func backend(t *testing.T, name string, status int) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Backend", name)
+		w.Header().Set("X-Seen-URI", r.RequestURI)
+		w.Header().Set("X-Seen-Host", r.Host)
+		w.Header().Set("X-Seen-XFF", r.Header.Get("X-Forwarded-For"))
+		w.Header().Set("X-Seen-Proto", r.Header.Get("X-Forwarded-Proto"))
+		w.Header().Set("X-Seen-XFH", r.Header.Get("X-Forwarded-Host"))
+		w.Header().Set("X-Seen-Foo", r.Header.Get("X-Foo")+r.Header.Get("Keep-Alive")+r.Header.Get("Proxy-Authorization"))
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "should not pass")
+		w.WriteHeader(status)
+		fmt.Fprintf(w, "%s:%s", name, body)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func addr(s *httptest.Server) string { return s.Listener.Addr().String() }
+
+// closedAddr is a loopback port nobody listens on.
+func closedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().String()
+	ln.Close()
+	return a
+}
+
+func do(t *testing.T, method, url, host, body string, hdr map[string]string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func readBody(t *testing.T, r *http.Response) string {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestProxyBalancesAndRewritesHeaders(t *testing.T) {
+	a, b := backend(t, "a", 200), backend(t, "b", 200)
+	lb := startLB(t, Options{}, addr(a), addr(b))
+	seen := map[string]int{}
+	for range 10 {
+		resp := do(t, "GET", lb.url+"/a//b/%2Fc?q=1&r=%20", "GW.example.com", "", map[string]string{
+			"Connection": "X-Foo", "X-Foo": "hop", "Keep-Alive": "timeout=5", "Proxy-Authorization": "x",
+			"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil",
+		})
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		seen[resp.Header.Get("X-Backend")]++
+		for k, want := range map[string]string{
+			"X-Seen-URI": "/a//b/%2Fc?q=1&r=%20", "X-Seen-Host": "GW.example.com", "X-Seen-XFF": "127.0.0.1",
+			"X-Seen-Proto": "http", "X-Seen-XFH": "GW.example.com", "X-Seen-Foo": "", "X-Hop": "",
+		} {
+			if got := resp.Header.Get(k); got != want {
+				t.Errorf("%s = %q, want %q", k, got, want)
+			}
+		}
+	}
+	if seen["a"] != 5 || seen["b"] != 5 {
+		t.Errorf("round robin spread: %v", seen)
+	}
+}
+
+func TestTrustedProxyKeepsForwarded(t *testing.T) {
+	a := backend(t, "a", 200)
+	lb := startLB(t, Options{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, addr(a))
+	resp := do(t, "GET", lb.url+"/", "gw.example.com", "", map[string]string{
+		"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "front.example.com",
+	})
+	if got := resp.Header.Get("X-Seen-XFF"); got != "6.6.6.6, 127.0.0.1" {
+		t.Errorf("XFF = %q", got)
+	}
+	if resp.Header.Get("X-Seen-Proto") != "https" || resp.Header.Get("X-Seen-XFH") != "front.example.com" {
+		t.Errorf("proto/host not kept: %v", resp.Header)
+	}
+}
+
+func TestRetryOnDialFailureAnyMethod(t *testing.T) {
+	a := backend(t, "a", 200)
+	lb := startLB(t, Options{Tries: 3}, closedAddr(t), addr(a))
+	for i := range 6 {
+		resp := do(t, "POST", lb.url+"/", "gw.example.com", "payload", nil)
+		if body := readBody(t, resp); resp.StatusCode != 200 || body != "a:payload" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	r := lb.h.Load().Routes[0]
+	ejected := 0
+	for _, u := range r.Upstreams {
+		if u.Ejections() > 0 {
+			ejected++
+		}
+	}
+	if ejected != 1 {
+		t.Errorf("the dead instance was not ejected (ejected=%d)", ejected)
+	}
+}
+
+func TestRetryIdempotentOn503Only(t *testing.T) {
+	bad, good := backend(t, "bad", 503), backend(t, "good", 200)
+	lb := startLB(t, Options{Tries: 2, RetryBudgetPercent: 0}, addr(bad), addr(good))
+	gets, posts503 := 0, 0
+	for range 4 {
+		if resp := do(t, "GET", lb.url+"/", "gw.example.com", "", nil); resp.StatusCode == 200 {
+			gets++
+		}
+	}
+	// Reset passive health so "bad" is picked again for the POSTs.
+	lb.h.Store(lb.b.Build(staticSnap(addr(bad), addr(good))))
+	for range 4 {
+		if resp := do(t, "POST", lb.url+"/", "gw.example.com", "x", nil); resp.StatusCode == 503 {
+			posts503++
+		}
+	}
+	if gets != 4 {
+		t.Errorf("GETs answered 200: %d of 4", gets)
+	}
+	_ = posts503 // whether a POST meets "bad" depends on ejection; it must never be resent:
+	if n := counterValue(t, lb.p.m.Retries.WithLabelValues("gw.example.com")); n < 1 {
+		t.Errorf("no retry counted")
+	}
+}
+
+func TestNoInstanceIs503WithRetryAfter(t *testing.T) {
+	lb := startLB(t, Options{})
+	resp := do(t, "GET", lb.url+"/", "gw.example.com", "", nil)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("got %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	resp = do(t, "GET", lb.url+"/", "unknown.example.com", "", nil)
+	if resp.StatusCode != 404 {
+		t.Fatalf("unknown host: %d", resp.StatusCode)
+	}
+}
+
+func TestAllDeadIs502(t *testing.T) {
+	lb := startLB(t, Options{Tries: 2}, closedAddr(t), closedAddr(t))
+	resp := do(t, "GET", lb.url+"/", "gw.example.com", "", nil)
+	if resp.StatusCode != 502 {
+		t.Fatalf("got %d", resp.StatusCode)
+	}
+}
+
+func TestHeaderAndBodyLimits(t *testing.T) {
+	a := backend(t, "a", 200)
+	lb := startLB(t, Options{}, addr(a))
+	resp := do(t, "GET", lb.url+"/", "gw.example.com", "", map[string]string{"X-Big": strings.Repeat("x", 8000)})
+	if resp.StatusCode != 431 {
+		t.Errorf("big header: %d", resp.StatusCode)
+	}
+	resp = do(t, "POST", lb.url+"/", "gw.example.com", strings.Repeat("x", 2<<20), nil)
+	if resp.StatusCode != 413 {
+		t.Errorf("big body: %d", resp.StatusCode)
+	}
+}
+
+func TestWebSocketEcho(t *testing.T) {
+	up := websocket.Upgrader{}
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, http.Header{"X-Seen-XFF": {r.Header.Get("X-Forwarded-For")}})
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			mt, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(mt, append([]byte("echo:"), msg...)); err != nil {
+				return
+			}
+		}
+	}))
+	defer ws.Close()
+	lb := startLB(t, Options{}, closedAddr(t), addr(ws))
+	for i := range 3 { // the dead instance is skipped on connect
+		c, resp, err := websocket.DefaultDialer.Dial("ws://"+lb.addr+"/ws", http.Header{"Host": {"gw.example.com"}})
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if resp.Header.Get("X-Seen-XFF") != "127.0.0.1" {
+			t.Errorf("XFF on upgrade: %q", resp.Header.Get("X-Seen-XFF"))
+		}
+		for j := range 3 {
+			msg := fmt.Sprintf("hello %d/%d", i, j)
+			if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			_, got, err := c.ReadMessage()
+			if err != nil || string(got) != "echo:"+msg {
+				t.Fatalf("echo: %q %v", got, err)
+			}
+		}
+		c.Close()
+	}
+}
+
+func selfSigned(t testing.TB) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gw.example.com"},
+		DNSNames: []string{"gw.example.com"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestTLSServesHTTP2AndHTTP1(t *testing.T) {
+	a := backend(t, "a", 200)
+	h := &balancer.Holder{}
+	p := New(h, Options{})
+	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com"}}}, testHealth)
+	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
+	h.Store(b.Build(staticSnap(addr(a))))
+	cert := selfSigned(t)
+	srv := &TLSServer{
+		Fast:    p.NewFastServer(ServerOptions{ReadTimeout: 5 * time.Second, MaxHeaderBytes: 8192, MaxBodyBytes: 1 << 20}),
+		Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	pool := x509.NewCertPool()
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	pool.AddCert(leaf)
+	for _, h2 := range []bool{true, false} {
+		tr := &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: "gw.example.com"},
+			ForceAttemptHTTP2: h2,
+		}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		req, _ := http.NewRequest("POST", "https://"+ln.Addr().String()+"/x?y=1", strings.NewReader("body"))
+		req.Host = "gw.example.com"
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatalf("h2=%v: %v", h2, err)
+		}
+		body := readBody(t, resp)
+		resp.Body.Close()
+		wantProto := map[bool]string{true: "HTTP/2.0", false: "HTTP/1.1"}[h2]
+		if resp.StatusCode != 200 || body != "a:body" || resp.Proto != wantProto || resp.Header.Get("X-Seen-Proto") != "https" ||
+			resp.Header.Get("X-Seen-URI") != "/x?y=1" {
+			t.Errorf("h2=%v: %d %q proto %s headers %v", h2, resp.StatusCode, body, resp.Proto, resp.Header)
+		}
+		tr.CloseIdleConnections()
+	}
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+}
+
+func TestAccessLogLine(t *testing.T) {
+	a := backend(t, "a", 200)
+	var buf strings.Builder
+	al := NewAccessLog(&buf)
+	lb := startLB(t, Options{AccessLog: al}, addr(a))
+	do(t, "GET", lb.url+`/q?x="y"`, "gw.example.com", "", nil)
+	al.Flush()
+	line := buf.String()
+	for _, want := range []string{`"method":"GET"`, `"uri":"/q?x=\"y\""`, `"status":200`, `"route":"gw.example.com"`, `"tries":1`, `"upstream":"` + addr(a) + `"`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("access log %q lacks %s", line, want)
+		}
+	}
+}
+
+// TestRawUpstreamKeepAliveClose: a gateway that closes every connection
+// after answering must not make the client's connection close.
+func TestGatewayConnectionCloseDoesNotLeak(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				n.Add(1)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+			}()
+		}
+	}()
+	lb := startLB(t, Options{}, ln.Addr().String())
+	c, err := net.Dial("tcp", lb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d on one client connection: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.Close {
+			t.Fatalf("request %d: client connection closed", i)
+		}
+	}
+}
