@@ -27,6 +27,15 @@ const DefaultFile = "(embedded default spec)"
 // Default parses DefaultTOML.
 func Default() (*Spec, []Warning, error) { return Parse(DefaultFile, DefaultTOML) }
 
+// LoadOrDefault loads the spec at path, or the embedded default spec when
+// path is "" (what `gwnomad deploy` and `gwnomad render` do without -f).
+func LoadOrDefault(path string) (*Spec, []Warning, error) {
+	if path == "" {
+		return Default()
+	}
+	return Load(path)
+}
+
 // Load reads and parses a spec file. Errors are of type Errors (every
 // problem found, each with file:line:column and key) or a wrapped I/O error.
 func Load(path string) (*Spec, []Warning, error) {

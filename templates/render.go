@@ -50,6 +50,13 @@ func (e *MissingKeysError) Error() string {
 		len(e.Keys), strings.Join(e.Keys, ", "))
 }
 
+// ConsulError is a failure to read Consul (unreachable, permission
+// denied...), as opposed to a problem of the spec or of the values.
+type ConsulError struct{ Err error }
+
+func (e *ConsulError) Error() string { return e.Err.Error() }
+func (e *ConsulError) Unwrap() error { return e.Err }
+
 // Render renders deployment.toml for one node with the consul-template
 // library, as Nomad's template block would: the template executes in
 // consul-template's engine (its functions: key, service, env, parseInt,
@@ -156,7 +163,7 @@ func fetch(ctx context.Context, s *spec.Spec, c *consulapi.Client, kv map[string
 		}
 		pair, _, err := c.KV().Get(key, (&consulapi.QueryOptions{}).WithContext(ctx))
 		if err != nil {
-			return nil, false, fmt.Errorf("reading Consul KV %s: %w", key, err)
+			return nil, false, &ConsulError{fmt.Errorf("reading Consul KV %s: %w", key, err)}
 		}
 		if pair == nil {
 			return nil, false, nil
@@ -172,7 +179,7 @@ func fetch(ctx context.Context, s *spec.Spec, c *consulapi.Client, kv map[string
 		entries, _, err := c.Health().Service(s.Gateway.Service, "cluster="+s.Cluster.Name, false,
 			(&consulapi.QueryOptions{}).WithContext(ctx))
 		if err != nil {
-			return nil, false, fmt.Errorf("reading Consul service %s: %w", s.Gateway.Service, err)
+			return nil, false, &ConsulError{fmt.Errorf("reading Consul service %s: %w", s.Gateway.Service, err)}
 		}
 		out := make([]*ctdep.HealthService, 0, len(entries))
 		for _, e := range entries {
