@@ -31,7 +31,8 @@ type Config struct {
 	// stand-in for the NFS mount). Default: Dir/shared.
 	SharedDir string
 	// Chroot maps host paths to paths in the exec driver's task chroot.
-	// Default: BinDir/gatewaysim at /opt/gwnomad/bin/gatewaysim.
+	// Default: BinDir/gatewaysim at /opt/gwnomad/bin/gatewaysim, plus
+	// /etc/passwd and /etc/group.
 	Chroot map[string]string
 	// Pebble starts the ACME test server when non-nil.
 	Pebble *PebbleOptions
@@ -99,7 +100,13 @@ func (c *Config) canonicalize() error {
 		c.SharedDir = filepath.Join(c.Dir, "shared")
 	}
 	if c.Chroot == nil {
-		c.Chroot = map[string]string{filepath.Join(c.BinDir, "gatewaysim"): "/opt/gwnomad/bin/gatewaysim"}
+		// The exec driver runs tasks as "nobody": the chroot needs the user
+		// database, and the static simulator needs nothing else.
+		c.Chroot = map[string]string{
+			filepath.Join(c.BinDir, "gatewaysim"): "/opt/gwnomad/bin/gatewaysim",
+			"/etc/passwd":                         "/etc/passwd",
+			"/etc/group":                          "/etc/group",
+		}
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
