@@ -287,7 +287,8 @@ func (c *Config) Validate() error {
 			bad("tls: mode \"files\" needs cert_file and key_file")
 		}
 	case "acme":
-		bad("tls.mode \"acme\" is not available yet (use off or files)")
+		// The certificate manager is plugged in by the caller (lb.WithTLSConfig).
+		checkAddr("https", c.Listen.HTTPS, true)
 	default:
 		bad("tls.mode %q: want off, files or acme", c.TLS.Mode)
 	}

@@ -249,8 +249,8 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 	log := w.Logger.With("service", q.String())
 	cur := &Snapshot{Query: q}
 	var (
-		index    uint64
-		failures int
+		index      uint64
+		failures   int
 		held       []Instance // instances kept by the reconnect grace
 		graceUntil time.Time  // end of the reconnect grace (zero: none)
 		last       []Instance // last answer, all instances

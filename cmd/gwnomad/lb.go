@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/gwnomad/gwnomad/lb"
+	"github.com/gwnomad/gwnomad/lb/config"
+)
+
+func init() {
+	register(&command{name: "lb", summary: "run the load balancer in front of the gateways", run: runLB})
+}
+
+const lbHelp = `Usage: gwnomad lb [--config lb.toml] [flags]
+
+Runs the load balancer: it discovers the passing gateway instances in Consul
+(blocking queries), balances requests over them with passive health checks
+and retries, and drains gracefully on SIGTERM. Flags override the file;
+Consul is reached through the usual environment (CONSUL_HTTP_ADDR,
+CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul] says otherwise.
+
+A minimal lb.toml:
+
+  [[routes]]
+  hosts = ["gw.am.wso2.com"]    # Host header to match; "*" for a default route
+  service = "apim-gateway"      # Consul service (default)
+  port = "passthru_http"        # registered port name (meta port_<name>) or a number
+  policy = "p2c"                # round_robin | least_conn | p2c
+
+Admin endpoints (listen.admin, default 127.0.0.1:9901): /healthz, /routes
+(the live table as JSON), /metrics (Prometheus).
+
+Examples:
+  gwnomad lb --config /etc/gwnomad/lb.toml
+  gwnomad lb --config lb.toml --http :8080 --admin 127.0.0.1:9902
+  gwnomad lb --route gw.am.wso2.com=apim-gateway --http :8080 --access-log -
+  gwnomad lb --config lb.toml --tls-mode files --cert gw.crt --key gw.key --https :8443
+  gwnomad lb --config lb.toml --check     # validate the configuration and exit
+
+Flags:
+`
+
+func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("lb", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, lbHelp)
+		fs.PrintDefaults()
+	}
+	var (
+		cfgPath   = fs.String("config", "", "lb.toml `path` (default: built-in defaults; routes then come from --route)")
+		httpAddr  = fs.String("http", "", "plain HTTP listen `address` (overrides listen.http; \"off\" disables)")
+		httpsAddr = fs.String("https", "", "HTTPS listen `address` (overrides listen.https)")
+		adminAddr = fs.String("admin", "", "admin listen `address` (overrides listen.admin)")
+		consul    = fs.String("consul", "", "Consul HTTP `address` (overrides consul.address and CONSUL_HTTP_ADDR)")
+		tlsMode   = fs.String("tls-mode", "", "`mode`: off | files (overrides tls.mode)")
+		certFile  = fs.String("cert", "", "certificate `file` for --tls-mode files")
+		keyFile   = fs.String("key", "", "key `file` for --tls-mode files")
+		accessLog = fs.String("access-log", "", "access log: `path`, \"-\" for stdout, \"off\"")
+		logLevel  = fs.String("log-level", "", "`level`: debug | info | warn | error")
+		noReg     = fs.Bool("no-register", false, "do not register the balancer itself in Consul")
+		check     = fs.Bool("check", false, "validate the configuration, print it, and exit")
+		routes    routeFlags
+	)
+	fs.Var(&routes, "route", "add a route `host=service` (repeatable; port passthru_http, policy p2c)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitInvalid
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "gwnomad lb: unexpected arguments %q\n", fs.Args())
+		return exitInvalid
+	}
+	cfg := config.Default()
+	if *cfgPath != "" {
+		var err error
+		if cfg, err = config.Load(*cfgPath); err != nil {
+			fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+			return exitInvalid
+		}
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Listen.HTTP, *httpAddr)
+	if cfg.Listen.HTTP == "off" {
+		cfg.Listen.HTTP = ""
+	}
+	set(&cfg.Listen.HTTPS, *httpsAddr)
+	set(&cfg.Listen.Admin, *adminAddr)
+	set(&cfg.Consul.Address, *consul)
+	set(&cfg.TLS.Mode, *tlsMode)
+	set(&cfg.TLS.CertFile, *certFile)
+	set(&cfg.TLS.KeyFile, *keyFile)
+	set(&cfg.Log.AccessLog, *accessLog)
+	if cfg.Log.AccessLog == "off" {
+		cfg.Log.AccessLog = ""
+	}
+	set(&cfg.Log.Level, *logLevel)
+	if *noReg {
+		cfg.Consul.Register = false
+	}
+	cfg.Routes = append(cfg.Routes, routes...)
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "gwnomad lb: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return exitInvalid
+	}
+	if *check {
+		fmt.Fprintf(stdout, "configuration ok: %d route(s), http %q, https %q (tls %s), admin %q\n",
+			len(cfg.Routes), cfg.Listen.HTTP, cfg.Listen.HTTPS, cfg.TLS.Mode, cfg.Listen.Admin)
+		return exitOK
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Log.Level))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	l, err := lb.New(cfg, lb.WithLogger(log))
+	if err != nil {
+		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+		return exitInvalid
+	}
+	if err := l.Start(ctx); err != nil {
+		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+		return exitFailed
+	}
+	if err := l.Wait(); err != nil {
+		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+// routeFlags collects --route host=service.
+type routeFlags []config.Route
+
+func (r *routeFlags) String() string { return "" }
+
+func (r *routeFlags) Set(v string) error {
+	host, svc, ok := strings.Cut(v, "=")
+	if !ok || host == "" || svc == "" {
+		return fmt.Errorf("want host=service, got %q", v)
+	}
+	rt := config.Route{Hosts: strings.Split(host, ","), Service: svc}
+	config.RouteDefaults(&rt)
+	*r = append(*r, rt)
+	return nil
+}
+

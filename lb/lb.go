@@ -1,0 +1,571 @@
+// Package lb is `gwnomad lb`: the load balancer in front of the WSO2 API-M
+// gateways, with Consul discovery, passive health and retries.
+//
+// # How a request gets to a gateway
+//
+// The layout follows the data: Consul → discovery → balancer → proxy.
+//
+//   - discovery watches, with Consul blocking queries, the passing instances
+//     of every service that a route names. It keeps the last good answer when
+//     Consul is unreachable (up to consul.max_staleness), and after an outage
+//     lets answers only add instances for consul.reconnect_grace, so a Consul
+//     restart is not an outage.
+//   - balancer turns each discovery update into a new routing table, built
+//     whole and swapped atomically; the request path reads it without locks.
+//     Each route picks instances with its policy (round_robin, least_conn,
+//     p2c) and ejects failing ones for a growing backoff (passive health),
+//     never more than health.max_ejected_percent of them.
+//   - proxy is the request path: fasthttp for HTTP/1.1, net/http for h2 over
+//     TLS, raw relaying for WebSocket; retries within a try budget, forwarded
+//     headers, limits and timeouts, metrics and an access log.
+//   - admin serves /healthz, /routes (the live table with each instance's
+//     state) and /metrics on a listener of its own.
+//
+// # Running it
+//
+//	cfg, err := config.Load("lb.toml")
+//	cfg.Listen.HTTP = ":8080"            // flags override the file
+//	err = lb.Run(ctx, cfg)               // until ctx ends, then drains
+//
+// or, to learn the bound addresses (tests, ports ":0"):
+//
+//	l, err := lb.New(cfg, lb.WithLogger(log))
+//	err = l.Start(ctx)
+//	fmt.Println(l.Addrs().HTTP)
+//	err = l.Wait()
+//
+// When ctx ends (SIGTERM), the balancer drains: /healthz answers 503 and
+// the Consul registration goes away, requests are still served for
+// proxy.drain_delay, then the listeners close and requests in flight get
+// proxy.grace_period to finish; relayed WebSocket connections are closed
+// last.
+//
+// # TLS
+//
+// tls.mode = "files" serves cert_file/key_file (reloaded when they change).
+// Any other certificate source plugs in with WithTLSConfig: the
+// *tls.Config (its GetCertificate, e.g. certmagic's) is used as is, with
+// "h2" and "http/1.1" added to its NextProtos.
+package lb
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/valyala/fasthttp"
+
+	"github.com/gwnomad/gwnomad/lb/admin"
+	"github.com/gwnomad/gwnomad/lb/balancer"
+	"github.com/gwnomad/gwnomad/lb/config"
+	"github.com/gwnomad/gwnomad/lb/discovery"
+	"github.com/gwnomad/gwnomad/lb/proxy"
+)
+
+// Option changes how New builds the balancer.
+type Option func(*LB)
+
+// WithTLSConfig serves HTTPS with c (for instance certmagic's TLSConfig()),
+// whatever tls.mode says; listen.https must be set.
+func WithTLSConfig(c *tls.Config) Option { return func(l *LB) { l.tlsConfig = c } }
+
+// WithLogger logs to log (default slog.Default()).
+func WithLogger(log *slog.Logger) Option { return func(l *LB) { l.log = log } }
+
+// WithConsulClient uses c instead of a client made from the environment
+// and the [consul] table.
+func WithConsulClient(c *consulapi.Client) Option { return func(l *LB) { l.consul = c } }
+
+// WithAccessLog writes the access log to w, whatever log.access_log says.
+func WithAccessLog(w io.Writer) Option { return func(l *LB) { l.accessOut = w } }
+
+// Addrs are the bound listener addresses ("" when not listening).
+type Addrs struct{ HTTP, HTTPS, Admin string }
+
+// LB is one running load balancer.
+type LB struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	consul    *consulapi.Client
+	tlsConfig *tls.Config
+	accessOut io.Writer
+	accessLog *proxy.AccessLog
+
+	reg      *prometheus.Registry
+	table    balancer.Holder
+	builder  *balancer.Builder
+	proxy    *proxy.Proxy
+	watcher  *discovery.Watcher
+	draining atomic.Bool
+	lag      prometheus.Histogram
+
+	httpLn, httpsLn, adminLn net.Listener
+	fast                     *fasthttp.Server
+	tlsSrv                   *proxy.TLSServer
+	adminSrv                 *http.Server
+
+	wg     sync.WaitGroup
+	done   chan struct{}
+	errMu  sync.Mutex
+	runErr error
+}
+
+// New checks cfg and prepares a balancer; Start runs it.
+func New(cfg *config.Config, opts ...Option) (*LB, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid lb configuration: %w", err)
+	}
+	l := &LB{cfg: cfg, done: make(chan struct{})}
+	for _, o := range opts {
+		o(l)
+	}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	if l.consul == nil {
+		c, err := ConsulClient(&cfg.Consul)
+		if err != nil {
+			return nil, err
+		}
+		l.consul = c
+	}
+	switch {
+	case l.tlsConfig != nil:
+		if cfg.Listen.HTTPS == "" {
+			return nil, errors.New("a TLS configuration was given but listen.https is empty")
+		}
+	case cfg.TLS.Mode == "files":
+		cf, err := proxy.NewCertFiles(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		l.tlsConfig = &tls.Config{GetCertificate: cf.GetCertificate, MinVersion: tls.VersionTLS12}
+	case cfg.TLS.Mode == "acme":
+		return nil, errors.New(`tls.mode "acme" needs a certificate manager (lb.WithTLSConfig); none is built in yet`)
+	}
+	if l.accessOut == nil {
+		switch cfg.Log.AccessLog {
+		case "":
+		case "-":
+			l.accessOut = os.Stdout
+		default:
+			f, err := os.OpenFile(cfg.Log.AccessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return nil, fmt.Errorf("opening access log: %w", err)
+			}
+			l.accessOut = f
+		}
+	}
+	if l.accessOut != nil {
+		l.accessLog = proxy.NewAccessLog(l.accessOut)
+	}
+
+	l.reg = prometheus.NewRegistry()
+	l.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	popt, err := proxy.OptionsFrom(cfg)
+	if err != nil {
+		return nil, err
+	}
+	popt.Logger, popt.AccessLog, popt.Metrics = l.log, l.accessLog, proxy.NewMetrics(l.reg)
+	l.proxy = proxy.New(&l.table, popt)
+	l.builder = balancer.NewBuilder(cfg.Routes, balancer.Health{
+		ConsecutiveFailures: cfg.Health.ConsecutiveFailures, BaseEjection: cfg.Health.BaseEjection.D(),
+		MaxEjection: cfg.Health.MaxEjection.D(), MaxEjectedPercent: cfg.Health.MaxEjectedPercent,
+	})
+	l.builder.OnRoute, l.builder.OnNew, l.builder.OnGone = l.proxy.OnRoute, l.proxy.OnNew, l.proxy.OnGone
+	l.table.Store(l.builder.Build(nil)) // every route empty (503) until Consul answers
+	l.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "gwnomad_lb_discovery_update_seconds",
+		Help:    "Time from a Consul answer's arrival to the new routing table being live.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+	})
+	l.reg.MustRegister(l.lag)
+	l.watcher = &discovery.Watcher{
+		Fetcher:        &discovery.ConsulFetcher{Client: l.consul, Datacenter: cfg.Consul.Datacenter},
+		Queries:        l.builder.Queries(),
+		OnUpdate:       l.onUpdate,
+		Logger:         l.log.With("component", "discovery"),
+		WaitTime:       cfg.Consul.WaitTime.D(),
+		MaxStaleness:   cfg.Consul.MaxStaleness.D(),
+		ReconnectGrace: cfg.Consul.ReconnectGrace.D(),
+	}
+	l.reg.MustRegister(&collector{l: l})
+	return l, nil
+}
+
+// ConsulClient makes a Consul client from the environment (CONSUL_HTTP_ADDR,
+// CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) overridden by the [consul] table.
+func ConsulClient(c *config.Consul) (*consulapi.Client, error) {
+	cc := consulapi.DefaultConfig()
+	if c.Address != "" {
+		cc.Address = c.Address
+	}
+	if c.Scheme != "" {
+		cc.Scheme = c.Scheme
+	}
+	if c.Token != "" {
+		cc.Token = c.Token
+	}
+	if c.Datacenter != "" {
+		cc.Datacenter = c.Datacenter
+	}
+	if c.CAFile != "" {
+		cc.TLSConfig.CAFile = c.CAFile
+	}
+	cl, err := consulapi.NewClient(cc)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return cl, nil
+}
+
+func (l *LB) onUpdate(snaps map[discovery.Query]*discovery.Snapshot) {
+	t := l.builder.Build(snaps)
+	l.table.Store(t)
+	var newest time.Time
+	for _, s := range snaps {
+		if s.Updated.After(newest) {
+			newest = s.Updated
+		}
+	}
+	if !newest.IsZero() {
+		l.lag.Observe(time.Since(newest).Seconds())
+	}
+	for _, r := range t.Routes {
+		l.log.Debug("routing table updated", "version", t.Version, "route", r.Name, "instances", len(r.Upstreams), "not_passing", len(r.Other))
+	}
+}
+
+// Table is the live routing table.
+func (l *LB) Table() *balancer.Table { return l.table.Load() }
+
+// Registry is the Prometheus registry of the balancer's metrics.
+func (l *LB) Registry() *prometheus.Registry { return l.reg }
+
+// Addrs returns the bound addresses (after Start).
+func (l *LB) Addrs() Addrs {
+	var a Addrs
+	if l.httpLn != nil {
+		a.HTTP = l.httpLn.Addr().String()
+	}
+	if l.httpsLn != nil {
+		a.HTTPS = l.httpsLn.Addr().String()
+	}
+	if l.adminLn != nil {
+		a.Admin = l.adminLn.Addr().String()
+	}
+	return a
+}
+
+// Run is New, Start and Wait.
+func Run(ctx context.Context, cfg *config.Config, opts ...Option) error {
+	l, err := New(cfg, opts...)
+	if err != nil {
+		return err
+	}
+	if err := l.Start(ctx); err != nil {
+		return err
+	}
+	return l.Wait()
+}
+
+// Start binds the listeners (an error if one cannot be bound) and runs the
+// balancer until ctx ends; then it drains (see the package doc). Wait
+// returns when it is done.
+func (l *LB) Start(ctx context.Context) error {
+	cfg := l.cfg
+	var err error
+	closeAll := func() {
+		for _, ln := range []net.Listener{l.httpLn, l.httpsLn, l.adminLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	if l.adminLn, err = net.Listen("tcp", cfg.Listen.Admin); err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	if cfg.Listen.HTTP != "" {
+		if l.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+			closeAll()
+			return fmt.Errorf("http listener: %w", err)
+		}
+	}
+	if l.tlsConfig != nil {
+		if l.httpsLn, err = net.Listen("tcp", cfg.Listen.HTTPS); err != nil {
+			closeAll()
+			return fmt.Errorf("https listener: %w", err)
+		}
+	}
+	sopt := proxy.ServerOptions{
+		ReadTimeout: cfg.Proxy.ReadTimeout.D(), WriteTimeout: cfg.Proxy.WriteTimeout.D(), IdleTimeout: cfg.Proxy.IdleTimeout.D(),
+		MaxHeaderBytes: cfg.Proxy.MaxHeaderBytes, MaxBodyBytes: cfg.Proxy.MaxBodyBytes, MaxConns: cfg.Proxy.MaxConns,
+	}
+
+	// Discovery lives until the servers are drained: an instance that goes
+	// critical during the drain still stops getting requests.
+	dctx, stopDiscovery := context.WithCancel(context.WithoutCancel(ctx))
+	l.wg.Go(func() { _ = l.watcher.Run(dctx) })
+	if l.accessLog != nil {
+		l.wg.Go(func() { l.accessLog.Run(dctx) })
+	}
+
+	l.adminSrv = &http.Server{
+		Handler:           &admin.Handler{Table: &l.table, Gatherer: l.reg, Draining: &l.draining},
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+	}
+	l.wg.Go(func() { l.serveErr("admin", l.adminSrv.Serve(l.adminLn)) })
+	if l.httpLn != nil {
+		l.fast = l.proxy.NewFastServer(sopt)
+		l.wg.Go(func() { l.serveErr("http", l.fast.Serve(l.httpLn)) })
+	}
+	if l.httpsLn != nil {
+		l.tlsSrv = &proxy.TLSServer{
+			Fast: l.proxy.NewFastServer(sopt), Handler: l.proxy, Config: l.tlsConfig,
+			IdleTimeout: cfg.Proxy.IdleTimeout.D(), Logger: l.log,
+		}
+		l.wg.Go(func() { l.serveErr("https", l.tlsSrv.Serve(l.httpsLn)) })
+	}
+	regCtx, stopRegister := context.WithCancel(ctx)
+	regDone := make(chan struct{})
+	if cfg.Consul.Register {
+		go func() { defer close(regDone); l.registerLoop(regCtx) }()
+	} else {
+		close(regDone)
+	}
+	l.log.Info("load balancer started", "http", l.Addrs().HTTP, "https", l.Addrs().HTTPS, "admin", l.Addrs().Admin,
+		"routes", len(cfg.Routes))
+
+	go func() {
+		<-ctx.Done()
+		l.drain(stopRegister, regDone)
+		stopDiscovery()
+		l.wg.Wait()
+		close(l.done)
+	}()
+	return nil
+}
+
+func (l *LB) serveErr(name string, err error) {
+	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return
+	}
+	l.errMu.Lock()
+	if l.runErr == nil {
+		l.runErr = fmt.Errorf("%s listener: %w", name, err)
+	}
+	l.errMu.Unlock()
+	l.log.Error("listener failed", "listener", name, "err", err)
+}
+
+// Wait blocks until the balancer stopped and drained; it returns the first
+// serving error, if any.
+func (l *LB) Wait() error {
+	<-l.done
+	l.errMu.Lock()
+	defer l.errMu.Unlock()
+	return l.runErr
+}
+
+// drain is the graceful shutdown.
+func (l *LB) drain(stopRegister context.CancelFunc, regDone <-chan struct{}) {
+	cfg := l.cfg
+	l.draining.Store(true)
+	l.log.Info("draining", "drain_delay", cfg.Proxy.DrainDelay, "grace_period", cfg.Proxy.GracePeriod)
+	stopRegister()
+	<-regDone // the register loop deregisters on its way out
+	if d := cfg.Proxy.DrainDelay.D(); d > 0 {
+		time.Sleep(d)
+	}
+	grace, cancel := context.WithTimeout(context.Background(), cfg.Proxy.GracePeriod.D())
+	defer cancel()
+	var wg sync.WaitGroup
+	if l.fast != nil {
+		wg.Go(func() {
+			if err := l.fast.ShutdownWithContext(grace); err != nil {
+				l.log.Warn("http: requests still in flight at the end of the grace period", "err", err)
+			}
+		})
+	}
+	if l.tlsSrv != nil {
+		wg.Go(func() {
+			if err := l.tlsSrv.Shutdown(grace); err != nil {
+				l.log.Warn("https: requests still in flight at the end of the grace period", "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := l.proxy.Upgraded(); n > 0 {
+		l.log.Info("closing relayed (WebSocket) connections", "count", n)
+	}
+	l.proxy.Drain()
+	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = l.adminSrv.Shutdown(actx)
+	acancel()
+	l.log.Info("drained")
+}
+
+// registerLoop registers the balancer in Consul (retrying until it
+// succeeds), re-registers it if the agent lost it, and deregisters it when
+// ctx ends.
+func (l *LB) registerLoop(ctx context.Context) {
+	cfg := &l.cfg.Consul
+	reg := l.registration()
+	log := l.log.With("component", "register", "service_id", reg.ID)
+	registered := false
+	failures := 0
+	for {
+		wait := 30 * time.Second
+		if ctx.Err() == nil {
+			if registered {
+				if s, _, err := l.consul.Agent().Service(reg.ID, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil || s == nil {
+					registered = false
+				}
+			}
+			if !registered {
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := l.consul.Agent().ServiceRegisterOpts(reg, consulapi.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(rctx))
+				cancel()
+				if err != nil {
+					failures++
+					if failures == 1 || failures%20 == 0 {
+						log.Warn("registering in consul failed; retrying", "err", err)
+					}
+					wait = min(time.Duration(failures)*500*time.Millisecond, 10*time.Second)
+				} else {
+					registered, failures = true, 0
+					log.Info("registered in consul", "service", cfg.ServiceName, "check", reg.Check.HTTP)
+				}
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			dctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			err := l.consul.Agent().ServiceDeregisterOpts(reg.ID, (&consulapi.QueryOptions{}).WithContext(dctx))
+			cancel()
+			if err != nil {
+				log.Warn("deregistering from consul failed", "err", err)
+			} else {
+				log.Info("deregistered from consul")
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (l *LB) registration() *consulapi.AgentServiceRegistration {
+	cfg := &l.cfg.Consul
+	a := l.Addrs()
+	front := a.HTTP
+	if front == "" {
+		front = a.HTTPS
+	}
+	host, portS, _ := net.SplitHostPort(front)
+	port, _ := strconv.Atoi(portS)
+	addr := cfg.ServiceAddr
+	if addr == "" && host != "" && !net.ParseIP(host).IsUnspecified() {
+		addr = host
+	}
+	id := cfg.ServiceID
+	if id == "" {
+		hn, _ := os.Hostname()
+		id = fmt.Sprintf("%s-%s-%d", cfg.ServiceName, hn, port)
+	}
+	ahost, aport, _ := net.SplitHostPort(a.Admin)
+	if ip := net.ParseIP(ahost); ahost == "" || (ip != nil && ip.IsUnspecified()) {
+		ahost = "127.0.0.1"
+	}
+	meta := map[string]string{"admin": a.Admin}
+	if a.HTTPS != "" {
+		_, p, _ := net.SplitHostPort(a.HTTPS)
+		meta["port_https"] = p
+	}
+	if a.HTTP != "" {
+		_, p, _ := net.SplitHostPort(a.HTTP)
+		meta["port_http"] = p
+	}
+	return &consulapi.AgentServiceRegistration{
+		ID: id, Name: cfg.ServiceName, Address: addr, Port: port, Tags: []string{"gwnomad"}, Meta: meta,
+		Check: &consulapi.AgentServiceCheck{
+			CheckID:                        id + ":healthz",
+			Name:                           "gwnomad lb /healthz",
+			HTTP:                           "http://" + net.JoinHostPort(ahost, aport) + "/healthz",
+			Interval:                       cfg.CheckInterval.String(),
+			Timeout:                        "2s",
+			DeregisterCriticalServiceAfter: "30m",
+		},
+	}
+}
+
+// collector exports discovery and table state at scrape time.
+type collector struct{ l *LB }
+
+var (
+	descAge = prometheus.NewDesc("gwnomad_lb_discovery_snapshot_age_seconds",
+		"How long the served instances of a service have been stale (0 while the Consul watch is live).", []string{"service"}, nil)
+	descUp = prometheus.NewDesc("gwnomad_lb_discovery_up",
+		"1 when the last Consul query for the service succeeded.", []string{"service"}, nil)
+	descErrs = prometheus.NewDesc("gwnomad_lb_discovery_errors_total",
+		"Failed Consul queries by service.", []string{"service"}, nil)
+	descInst = prometheus.NewDesc("gwnomad_lb_route_instances",
+		"Instances in the routing table by route and state (healthy, ejected, held).", []string{"route", "state"}, nil)
+	descVersion = prometheus.NewDesc("gwnomad_lb_table_version", "Version of the live routing table.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAge, descUp, descErrs, descInst, descVersion} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	for q, s := range c.l.watcher.Snapshots() {
+		up := 1.0
+		if !s.StaleSince.IsZero() {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descAge, prometheus.GaugeValue, s.Age(now).Seconds(), q.String())
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, q.String())
+		ch <- prometheus.MustNewConstMetric(descErrs, prometheus.CounterValue, float64(s.Errors), q.String())
+	}
+	t := c.l.table.Load()
+	if t == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descVersion, prometheus.GaugeValue, float64(t.Version))
+	nowN := now.UnixNano()
+	for _, r := range t.Routes {
+		var healthy, ejected, held int
+		for i, u := range r.Upstreams {
+			switch {
+			case u.Ejected(nowN):
+				ejected++
+			case r.Members[i].Held:
+				held++
+			default:
+				healthy++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descInst, prometheus.GaugeValue, float64(healthy), r.Name, "healthy")
+		ch <- prometheus.MustNewConstMetric(descInst, prometheus.GaugeValue, float64(ejected), r.Name, "ejected")
+		ch <- prometheus.MustNewConstMetric(descInst, prometheus.GaugeValue, float64(held), r.Name, "held")
+	}
+}
