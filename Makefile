@@ -11,7 +11,7 @@ all: build tools
 # The simulator is static (CGO off): the exec driver's chroot holds nothing else.
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/gwnomad
+	$(GO) build -o $(BIN)/ ./cmd/gwnomad ./cmd/devstack
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gatewaysim
 
 # Real agents, built from the Go module proxy as tool dependencies of their own
@@ -35,6 +35,13 @@ test: build tools
 # Unit tests only (no agents).
 test-short: build
 	$(GO) test -short -count=1 ./...
+
+# The README's first command: a local HA stack with gateways and the LB over TLS.
+demo: all
+	scripts/demo.sh
+
+demo-down:
+	@if [ -x $(BIN)/devstack ]; then $(BIN)/devstack down -dir .demo; else rm -rf .demo; fi
 
 clean:
 	rm -rf $(BIN) .demo
