@@ -71,6 +71,9 @@ func gatewayHandler(name string) http.Handler {
 					return
 				}
 			}
+		case "/slow":
+			time.Sleep(1500 * time.Millisecond)
+			fmt.Fprint(w, name)
 		default:
 			w.Header().Set("X-Gateway", name)
 			fmt.Fprint(w, name)
@@ -151,12 +154,21 @@ func (w tWriter) Write(b []byte) (int, error) {
 // apim-gateway.
 func startLB(t *testing.T, st *devstack.Stack, policy string) *lb.LB {
 	t.Helper()
+	l, _ := startLBWith(t, st, policy, nil)
+	return l
+}
+
+func startLBWith(t *testing.T, st *devstack.Stack, policy string, edit func(*config.Config)) (*lb.LB, context.CancelFunc) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Listen = config.Listen{HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0"}
 	cfg.Consul.Address = st.Consul.HTTPAddr
 	cfg.Consul.CheckInterval = config.Duration(time.Second)
 	cfg.Proxy.GracePeriod = config.Duration(5 * time.Second)
 	cfg.Routes = []config.Route{{Hosts: []string{host}, Policy: policy}}
+	if edit != nil {
+		edit(cfg)
+	}
 	l, err := lb.New(cfg, lb.WithLogger(testLogger(t)))
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +191,7 @@ func startLB(t *testing.T, st *devstack.Stack, policy string) *lb.LB {
 			t.Errorf("lb did not stop")
 		}
 	})
-	return l
+	return l, cancel
 }
 
 // instances is the live table's instance IDs for the route.
@@ -473,5 +485,81 @@ func TestConsulOutageZeroFailures(t *testing.T) {
 	ld.report(t, "consul stopped 20 s under load")
 	if r := l.Table().Routes[0]; r.Snapshot == nil || !r.Snapshot.StaleSince.IsZero() {
 		t.Errorf("after the outage the snapshot is still stale: %+v", r.Snapshot)
+	}
+}
+
+func TestDrainFinishesInFlightRequests(t *testing.T) {
+	st := testenv.Consul(t)
+	c := st.ConsulAPI()
+	register(t, c, inProcessGateway(t, "gw-1"), true)
+	l, stop := startLBWith(t, st, "p2c", func(cfg *config.Config) {
+		cfg.Proxy.DrainDelay = config.Duration(3 * time.Second)
+	})
+	waitInstances(t, l, 30*time.Second, "gw-1")
+	testenv.WaitFor(t, 30*time.Second, "gwnomad-lb registered", func() error {
+		s, _, err := c.Catalog().Service("gwnomad-lb", "", nil)
+		if err != nil || len(s) != 1 {
+			return fmt.Errorf("%d registrations, %v", len(s), err)
+		}
+		return nil
+	})
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	slow := make(chan result, 1)
+	go func() {
+		resp, body, err := get(l, "/slow")
+		if err != nil {
+			slow <- result{err: err}
+			return
+		}
+		slow <- result{code: resp.StatusCode, body: body}
+	}()
+	testenv.WaitFor(t, 10*time.Second, "the slow request in flight", func() error {
+		if n := l.Table().Routes[0].Upstreams[0].Inflight(); n != 1 {
+			return fmt.Errorf("%d in flight", n)
+		}
+		return nil
+	})
+	stop() // SIGTERM
+	// During the drain delay: /healthz fails, the registration is gone, and
+	// requests are still served.
+	testenv.WaitFor(t, 5*time.Second, "healthz 503 while draining", func() error {
+		resp, err := http.Get("http://" + l.Addrs().Admin + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 {
+			return fmt.Errorf("healthz %d", resp.StatusCode)
+		}
+		return nil
+	})
+	testenv.WaitFor(t, 2*time.Second, "deregistered from the agent while draining", func() error {
+		svcs, err := c.Agent().ServicesWithFilter(`Service == "gwnomad-lb"`)
+		if err != nil || len(svcs) != 0 {
+			return fmt.Errorf("%d registrations, %v", len(svcs), err)
+		}
+		return nil
+	})
+	if resp, body, err := get(l, "/api"); err != nil || resp.StatusCode != 200 || body != "gw-1" {
+		t.Errorf("request during the drain delay: %v %q %v", resp, body, err)
+	}
+	r := <-slow
+	if r.err != nil || r.code != 200 || r.body != "gw-1" {
+		t.Errorf("in-flight request during shutdown: %+v", r)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("drain did not end")
+	}
+	if conn, err := net.DialTimeout("tcp", l.Addrs().HTTP, time.Second); err == nil {
+		conn.Close()
+		t.Error("listener still accepting after the drain")
 	}
 }

@@ -154,4 +154,3 @@ func (r *routeFlags) Set(v string) error {
 	*r = append(*r, rt)
 	return nil
 }
-
