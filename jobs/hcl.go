@@ -222,10 +222,21 @@ func (w *hclWriter) mapBlock(name string, m map[string]string) {
 	if len(m) == 0 {
 		return
 	}
-	w.open(name)
+	// Keys with dots need the attribute form (quoted keys), which job meta
+	// accepts; service meta and canary_meta are blocks only.
+	attrForm := false
+	for k := range m {
+		attrForm = attrForm || strings.ContainsAny(k, ".")
+	}
+	if attrForm {
+		w.line(name + " = {")
+		w.indent++
+	} else {
+		w.open(name)
+	}
 	for _, k := range sortedKeys(m) {
 		key := k
-		if strings.ContainsAny(k, ".-") {
+		if attrForm {
 			key = hclString(k)
 		}
 		w.raw(key, hclString(m[k]))

@@ -3,7 +3,7 @@ job "apim-gw" {
   namespace = "default"
   type = "service"
   datacenters = ["dc1"]
-  meta {
+  meta = {
     "gwnomad.config_checksum" = "c53466bb8e32deba8542d44a3c6414968c86c5d64ef21d7c13e7866eea875792"
     "gwnomad.kv_prefix" = "gwnomad/apim-gw/config/"
   }

@@ -3,7 +3,7 @@ job "apim-gw-eu" {
   namespace = "gateways"
   type = "service"
   datacenters = ["eu-west-1a", "eu-west-1b"]
-  meta {
+  meta = {
     "gwnomad.config_checksum" = "dc41c69f02d5f4bebd9c92a2d6fdc801946789c028d90851d6397aad48255ebf"
     "gwnomad.kv_prefix" = "gwnomad/apim-gw-eu/config/"
   }

@@ -3,7 +3,7 @@ job "apim-gw" {
   namespace = "default"
   type = "service"
   datacenters = ["dc1"]
-  meta {
+  meta = {
     "gwnomad.config_checksum" = "595a861fe59b79143b2d89495f795f09d2a208c1ae2b37f784b288a1aa3019bf"
     "gwnomad.kv_prefix" = "gwnomad/apim-gw/config/"
   }
