@@ -3,15 +3,24 @@ package lb_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -561,5 +570,64 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", l.Addrs().HTTP, time.Second); err == nil {
 		conn.Close()
 		t.Error("listener still accepting after the drain")
+	}
+}
+
+// writeCert writes a self-signed certificate for host into dir.
+func writeCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "lb.crt"), filepath.Join(dir, "lb.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(leaf)
+	return certFile, keyFile, pool
+}
+
+func TestTLSFilesServesHTTP2AndHTTP1(t *testing.T) {
+	st := testenv.Consul(t)
+	register(t, st.ConsulAPI(), inProcessGateway(t, "gw-1"), true)
+	certFile, keyFile, pool := writeCert(t, t.TempDir())
+	l, _ := startLBWith(t, st, "p2c", func(cfg *config.Config) {
+		cfg.Listen.HTTPS = "127.0.0.1:0"
+		cfg.TLS = config.TLS{Mode: "files", CertFile: certFile, KeyFile: keyFile}
+	})
+	waitInstances(t, l, 30*time.Second, "gw-1")
+	for _, h2 := range []bool{true, false} {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: host}, ForceAttemptHTTP2: h2}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		req, _ := http.NewRequest("GET", "https://"+l.Addrs().HTTPS+"/api", nil)
+		req.Host = host
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatalf("h2=%v: %v", h2, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		tr.CloseIdleConnections()
+		want := map[bool]string{true: "HTTP/2.0", false: "HTTP/1.1"}[h2]
+		if resp.StatusCode != 200 || string(b) != "gw-1" || resp.Proto != want {
+			t.Errorf("h2=%v: %d %q %s", h2, resp.StatusCode, b, resp.Proto)
+		}
 	}
 }

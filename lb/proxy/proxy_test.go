@@ -425,3 +425,39 @@ func TestGatewayConnectionCloseDoesNotLeak(t *testing.T) {
 		}
 	}
 }
+
+func TestHeadAndChunkedAnswers(t *testing.T) {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/chunked" {
+			w.(http.Flusher).Flush() // no Content-Length: chunked
+			io.WriteString(w, "part1,")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "part2")
+			return
+		}
+		w.Header().Set("Content-Length", "5")
+		if r.Method != "HEAD" {
+			io.WriteString(w, "hello")
+		}
+	}))
+	defer s.Close()
+	lb := startLB(t, Options{}, addr(s))
+	cl := &http.Client{Timeout: 5 * time.Second}
+	req, _ := http.NewRequest("HEAD", lb.url+"/", nil)
+	req.Host = "gw.example.com"
+	resp, err := cl.Do(req)
+	if err != nil || resp.StatusCode != 200 || resp.ContentLength != 5 {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	req, _ = http.NewRequest("GET", lb.url+"/chunked", nil)
+	req.Host = "gw.example.com"
+	resp, err = cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readBody(t, resp); body != "part1,part2" {
+		t.Errorf("chunked answer: %q", body)
+	}
+	resp.Body.Close()
+}
