@@ -254,6 +254,7 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 		held       []Instance // instances kept by the reconnect grace
 		graceUntil time.Time  // end of the reconnect grace (zero: none)
 		last       []Instance // last answer, all instances
+		started    time.Time  // of the last query
 	)
 	for ctx.Err() == nil {
 		wait := w.WaitTime
@@ -263,7 +264,12 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 				wait = max(rem, 50*time.Millisecond)
 			}
 		}
-		started := time.Now()
+		// Consul asks clients to rate-limit blocking queries that return
+		// at once; a burst of changes is still seen within 50ms.
+		if d := time.Since(started); d < 50*time.Millisecond {
+			sleep(ctx, 50*time.Millisecond-d)
+		}
+		started = time.Now()
 		insts, newIndex, err := w.Fetcher.Fetch(ctx, q, index, wait)
 		if ctx.Err() != nil {
 			return
@@ -324,11 +330,6 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 			w.publish(cur)
 		} else {
 			cur = next // only the index moved
-		}
-		// Consul asks clients to rate-limit blocking queries that return
-		// at once; a burst of changes is still seen within 50ms.
-		if d := time.Since(started); d < 50*time.Millisecond {
-			sleep(ctx, 50*time.Millisecond-d)
 		}
 	}
 }
