@@ -95,21 +95,21 @@ func (s *Spec) ConfigLeaves() ([]ConfigLeaf, error) {
 }
 
 // CoreKeys are the deployment.toml keys gwnomad writes from the spec itself
-// (value: the spec key to set instead). [config] must not set them.
+// (value: what to do instead). [config] must not set them.
 var CoreKeys = map[string]string{
-	"server.hostname":                        "gateway.hostname",
-	"server.node_ip":                         "(the Nomad allocation's address)",
-	"server.offset":                          "gateway.offset",
-	"transport.http.properties.port":         "gateway.ports.http",
-	"transport.http.properties.proxyPort":    "gateway.proxy_ports.http",
-	"transport.https.properties.port":        "gateway.ports.https",
-	"transport.https.properties.proxyPort":   "gateway.proxy_ports.https",
-	"transport.passthru_http.listener.port":  "gateway.ports.passthru_http",
-	"transport.passthru_https.listener.port": "gateway.ports.passthru_https",
-	"clustering.membership_scheme":           "clustering.enabled",
-	"clustering.local_member_host":           "(the Nomad allocation's address)",
-	"clustering.local_member_port":           "clustering.port",
-	"clustering.members":                     "(the gateway nodes registered in Consul)",
+	"server.hostname":                        "set gateway.hostname instead",
+	"server.node_ip":                         "it is the Nomad allocation's address",
+	"server.offset":                          "set gateway.offset instead",
+	"transport.http.properties.port":         "set gateway.ports.http instead",
+	"transport.http.properties.proxyPort":    "set gateway.proxy_ports.http instead",
+	"transport.https.properties.port":        "set gateway.ports.https instead",
+	"transport.https.properties.proxyPort":   "set gateway.proxy_ports.https instead",
+	"transport.passthru_http.listener.port":  "set gateway.ports.passthru_http instead",
+	"transport.passthru_https.listener.port": "set gateway.ports.passthru_https instead",
+	"clustering.membership_scheme":           "it is \"wka\" with clustering.enabled",
+	"clustering.local_member_host":           "it is the Nomad allocation's address",
+	"clustering.local_member_port":           "set clustering.port instead",
+	"clustering.members":                     "they are the cluster's gateway nodes registered in Consul",
 }
 
 func (s *Spec) errAt(p Position, key, msg string) *Error {

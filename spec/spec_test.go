@@ -188,6 +188,33 @@ func TestWarnings(t *testing.T) {
 	}
 }
 
+func TestMaxParallelWarning(t *testing.T) {
+	_, warns, err := Parse("w.toml", []byte("[gateway]\ncount = 2\n[update]\nmax_parallel = 2\n[shared_volume]\nmount = \"repository/deployment/server/synapse-configs\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warns) != 1 || warns[0].String() != "warning: w.toml:4:1: update.max_parallel: 2 >= count 2: an update replaces every node at once (no node keeps serving)" {
+		t.Errorf("warnings %v", warns)
+	}
+}
+
+func TestConfigStructureConflictsWithCoreKeys(t *testing.T) {
+	for doc, want := range map[string]string{
+		"[config]\ntransport = 1\n":                                         "c.toml:2:1: config.transport: transport is a table of values gwnomad writes (such as transport.http.properties.port), not a value",
+		"[config.server.hostname]\nx = 1\n":                                 "c.toml:2:1: config.server.hostname.x: server.hostname is a value gwnomad writes, not a table",
+		"[clustering]\nenabled = true\n[config.clustering]\nmembers = []\n": "c.toml:4:1: config.clustering.members: gwnomad writes clustering.members itself: they are the cluster's gateway nodes registered in Consul",
+	} {
+		_, _, err := Parse("c.toml", []byte(doc))
+		if err == nil || err.Error() != want {
+			t.Errorf("%q: err = %v\nwant %s", doc, err, want)
+		}
+	}
+	// Clustering off: [config] may write a [clustering] block of its own.
+	if _, _, err := Parse("c.toml", []byte("[config.clustering]\nmembership_scheme = \"k8s\"\n")); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestConfigLeaves(t *testing.T) {
 	s, _, err := Parse("c.toml", []byte(`
 [config]

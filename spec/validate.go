@@ -197,6 +197,12 @@ func (s *Spec) validate(v *validator) {
 	if u.Canary < 0 {
 		v.errorf("update.canary", "must not be negative (got %d)", u.Canary)
 	}
+	if u.MaxParallel >= g.Count && g.Count > 1 && u.Canary == 0 {
+		v.warnf("update.max_parallel", "%d >= count %d: an update replaces every node at once (no node keeps serving)", u.MaxParallel, g.Count)
+	}
+	if u.Canary > g.Count && g.Count >= 1 {
+		v.warnf("update.canary", "%d canaries for %d nodes", u.Canary, g.Count)
+	}
 	if u.AutoPromote && u.Canary == 0 {
 		v.errorf("update.auto_promote", "needs update.canary > 0")
 	}
@@ -217,7 +223,7 @@ func (s *Spec) validate(v *validator) {
 			d := l.Dotted()
 			instead, core := CoreKeys[d]
 			if core && (s.Clustering.Enabled || !strings.HasPrefix(d, "clustering.")) {
-				v.errs = append(v.errs, s.errAt(l.Pos, "config."+d, "gwnomad writes "+d+" itself: set "+instead+" instead"))
+				v.errs = append(v.errs, s.errAt(l.Pos, "config."+d, "gwnomad writes "+d+" itself: "+instead))
 				continue
 			}
 			for _, c := range coreKeyList {
