@@ -332,3 +332,33 @@ func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // MarshalJSON keeps encoding/json from writing the value.
 func (s Secret) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(s.String())), nil }
+
+// String describes the spec in one line. It never prints [config] values
+// (they may hold secrets) nor tokens.
+func (s *Spec) String() string {
+	if s == nil {
+		return "<nil spec>"
+	}
+	g := s.Gateway
+	what := g.Image
+	if g.Driver == DriverExec {
+		what = g.Command
+	}
+	return fmt.Sprintf("spec %s: %d x %s %s, hostname %s, %d [config] key(s)",
+		s.Cluster.Name, g.Count, g.Driver, what, g.Hostname, countLeaves(s.Config))
+}
+
+// GoString keeps %#v from printing [config] values and tokens.
+func (s *Spec) GoString() string { return strconv.Quote(s.String()) }
+
+func countLeaves(m map[string]any) int {
+	n := 0
+	for _, v := range m {
+		if sub, ok := v.(map[string]any); ok {
+			n += countLeaves(sub)
+		} else {
+			n++
+		}
+	}
+	return n
+}

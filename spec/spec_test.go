@@ -267,7 +267,7 @@ func TestLoadNamesTheFile(t *testing.T) {
 }
 
 func TestSecretsNeverPrinted(t *testing.T) {
-	s, _, err := Parse("s.toml", []byte("[nomad]\ntoken = \"s3cr3t-nomad\"\n[consul]\ntoken = \"s3cr3t-consul\"\n"))
+	s, _, err := Parse("s.toml", []byte("[nomad]\ntoken = \"s3cr3t-nomad\"\n[consul]\ntoken = \"s3cr3t-consul\"\n[config.super_admin]\npassword = \"s3cr3t-admin\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,5 +318,24 @@ token = "ctok"
 	}
 	if c := s.ConsulConfig(); c.Address != "127.0.0.9:8500" {
 		t.Errorf("env did not override consul: %q", c.Address)
+	}
+}
+
+func TestGoBuiltSpec(t *testing.T) {
+	s := &Spec{Gateway: Gateway{Count: 2, Driver: DriverExec, Command: "/bin/gw"}}
+	s.Canonicalize()
+	warns, err := s.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Gateway.Ports.HTTP != 9763 || !s.Update.AutoRevert || s.Cluster.Name != "apim-gw" {
+		t.Errorf("defaults not applied: %+v", s.Gateway.Ports)
+	}
+	if len(warns) != 1 {
+		t.Errorf("warnings %v", warns)
+	}
+	s.Gateway.Count = 0
+	if _, err := s.Validate(); err == nil || err.Error() != "gateway.count: must be at least 1 (got 0)" {
+		t.Errorf("err = %v", err)
 	}
 }
