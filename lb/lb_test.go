@@ -301,6 +301,24 @@ func TestBalancesOverPassingAndFollowsChecks(t *testing.T) {
 		t.Errorf("/routes: %+v", r)
 	}
 
+	// /metrics: per-instance request counts and discovery state.
+	mresp, err := http.Get("http://" + l.Addrs().Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`gwnomad_lb_requests_total{code="2xx",instance="` + gws[0].addr + `",route="` + host + `"}`,
+		`gwnomad_lb_discovery_up{service="apim-gateway"} 1`,
+		`gwnomad_lb_route_instances{route="` + host + `",state="healthy"} 2`,
+		`gwnomad_lb_request_duration_seconds_bucket`,
+	} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	// WebSocket echo through the balancer.
 	ws, _, err := websocket.DefaultDialer.Dial("ws://"+l.Addrs().HTTP+"/ws", http.Header{"Host": {host}})
 	if err != nil {
