@@ -1,0 +1,69 @@
+// Package scheduler is everything gwnomad says to Nomad and Consul when it
+// deploys a gateway cluster: the checks before, the Consul KV transaction,
+// the plan, the registration, the deployment monitor and its events, the
+// status rows, the stop.
+//
+// # A deploy in Go
+//
+//	s, _, err := spec.Load("gwnomad.toml")
+//	c, err := scheduler.New(s) // builds the job, renders offline: *InvalidError if wrong
+//	sum, err := c.Deploy(ctx, scheduler.DeployOptions{Report: scheduler.NewTextReporter(os.Stdout)})
+//
+// Deploy runs, in order: Preflight (Nomad and Consul answer; enough ready,
+// eligible clients in the job's datacenters have the host volume and a
+// healthy driver, else a *PlacementError naming the nodes), Plan (Nomad's
+// job plan with diff and the KV diff; a placement the plan already knows
+// to fail stops here), WriteKV (one Consul transaction), a render of
+// deployment.toml against Consul (every key the template needs exists),
+// the registration (check-index from the plan) and the monitor.
+//
+// Every error before the KV write leaves nothing changed:
+// NothingChanged(err) says so.
+//
+// # What the monitor watches
+//
+// The registration's evaluation (blocking queries): failed placements are
+// a *PlacementError built from the evaluation's FailedTGAllocs metrics
+// (the constraint that filtered nodes, e.g. "missing compatible host
+// volumes" with the volume's name). Then the deployment (blocking queries,
+// at least every 2 s), the job's allocations and the Consul health of
+// every instance (service [gateway] service, tag cluster=<name>), turned
+// into events:
+//
+//	deployment  status and description changed
+//	group       desired / placed / healthy / unhealthy of a task group
+//	node        an allocation's Nomad state, liveness, readiness, health
+//	explain     why an allocation fails: task events (a template waiting
+//	            for a key, a driver error), Consul check output, the last
+//	            lines of its stderr (read through the client's file API)
+//	revert      Nomad auto-reverted; the KV values restored; the rollback
+//	summary     the end: nodes, addresses, versions, time taken
+//
+// A Reporter prints them: NewJSONReporter (one object per line),
+// NewTextReporter (one line per change) or NewLiveReporter (a board
+// redrawn in place on a terminal). Cancelling the context stops the
+// monitor, never the deployment: *InterruptedError.
+//
+// # Consul KV
+//
+// Under gwnomad/<cluster>/: config/... are the values the template reads
+// (templates.KV); previous holds the config/ values a deploy replaced;
+// snapshots/<checksum> holds the config/ values of every configuration
+// deployed, keyed by the job meta gwnomad.config_checksum. When Nomad
+// reverts a failed version, the reverted job's checksum names the
+// snapshot that Deploy writes back, so the old version renders its own
+// values when its nodes restart.
+//
+// # Status and stop
+//
+// Status lists one NodeRow per live allocation (node, address, ports,
+// Nomad state, liveness, readiness, job version, uptime) and the latest
+// deployment. Stop deregisters the job and waits until no allocation
+// runs; purge also purges the job and deletes gwnomad/<cluster>/.
+//
+// # Exit codes
+//
+// The error types map to the exit codes of the commands: *InvalidError 3,
+// *UnreachableError 4 (unreachable or HTTP 403), *PlacementError 2,
+// *DeployError 1 (Reverted and RevertedTo tell whether Nomad rolled back).
+package scheduler

@@ -1,0 +1,350 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/gwnomad/gwnomad/jobs"
+)
+
+// Check states as gwnomad reports them ("missing": not registered in Consul).
+const (
+	CheckPassing  = consulapi.HealthPassing
+	CheckWarning  = consulapi.HealthWarning
+	CheckCritical = consulapi.HealthCritical
+	CheckMissing  = "missing"
+)
+
+// NodeRow is one gateway node: its allocation, where it runs, what Nomad
+// and Consul say about it.
+type NodeRow struct {
+	Alloc   string         `json:"alloc"` // short allocation ID
+	AllocID string         `json:"alloc_id"`
+	Node    string         `json:"node"` // Nomad client name
+	Address string         `json:"address"`
+	Ports   map[string]int `json:"ports"`
+	// Nomad is the allocation's client status (pending, running, failed...).
+	Nomad   string `json:"nomad"`
+	Desired string `json:"desired"`
+	// Liveness and Readiness are the Consul checks: passing, warning,
+	// critical or missing.
+	Liveness  string `json:"liveness"`
+	Readiness string `json:"readiness"`
+	// ReadinessOutput is the last output of the readiness check when it
+	// does not pass.
+	ReadinessOutput string `json:"readiness_output,omitempty"`
+	JobVersion      uint64 `json:"job_version"`
+	Canary          bool   `json:"canary,omitempty"`
+	// Healthy is Nomad's deployment health of the allocation (nil: not set).
+	Healthy   *bool     `json:"healthy,omitempty"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	Uptime    string    `json:"uptime"`
+	Restarts  uint64    `json:"restarts"`
+}
+
+// Ready reports whether the node passes both checks.
+func (r NodeRow) Ready() bool { return r.Liveness == CheckPassing && r.Readiness == CheckPassing }
+
+// Status is the state of a gateway cluster.
+type Status struct {
+	Job        string `json:"job"`
+	Registered bool   `json:"registered"`
+	JobStatus  string `json:"job_status,omitempty"`
+	JobVersion uint64 `json:"job_version"`
+	Stopped    bool   `json:"stopped,omitempty"`
+	// Nodes are the allocations Nomad still runs or places (one per gateway node).
+	Nodes []NodeRow `json:"nodes"`
+	// Ready is how many nodes pass both checks; Count is [gateway] count.
+	Ready int `json:"ready"`
+	Count int `json:"count"`
+	// Deployment is the latest deployment; InProgress when it is running.
+	Deployment *DeploymentView `json:"deployment,omitempty"`
+	InProgress bool            `json:"deployment_in_progress"`
+}
+
+// DeploymentView is a deployment and its task groups.
+type DeploymentView struct {
+	ID          string               `json:"id"`
+	JobVersion  uint64               `json:"job_version"`
+	Status      string               `json:"status"`
+	Description string               `json:"description"`
+	Groups      map[string]GroupView `json:"groups"`
+}
+
+// GroupView is one task group in a deployment.
+type GroupView struct {
+	Desired         int  `json:"desired"`
+	DesiredCanaries int  `json:"desired_canaries,omitempty"`
+	Placed          int  `json:"placed"`
+	Healthy         int  `json:"healthy"`
+	Unhealthy       int  `json:"unhealthy"`
+	Promoted        bool `json:"promoted,omitempty"`
+	AutoRevert      bool `json:"auto_revert"`
+}
+
+func viewOf(d *nomadapi.Deployment) *DeploymentView {
+	if d == nil {
+		return nil
+	}
+	v := &DeploymentView{ID: d.ID, JobVersion: d.JobVersion, Status: d.Status, Description: d.StatusDescription, Groups: map[string]GroupView{}}
+	for name, g := range d.TaskGroups {
+		v.Groups[name] = GroupView{
+			Desired: g.DesiredTotal, DesiredCanaries: g.DesiredCanaries, Placed: g.PlacedAllocs,
+			Healthy: g.HealthyAllocs, Unhealthy: g.UnhealthyAllocs, Promoted: g.Promoted, AutoRevert: g.AutoRevert,
+		}
+	}
+	return v
+}
+
+// Status reads the job, its live allocations, their Consul checks and the
+// latest deployment.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	st := &Status{Job: c.JobID(), Count: c.spec.Gateway.Count, Nodes: []NodeRow{}}
+	job, _, err := c.nomad.Jobs().Info(c.JobID(), c.q(ctx))
+	if err != nil {
+		if isNotFound(err) {
+			return st, nil
+		}
+		return nil, c.nerr("reading job "+c.JobID(), err)
+	}
+	st.Registered = true
+	st.JobStatus = deref(job.Status)
+	st.JobVersion = deref(job.Version)
+	st.Stopped = deref(job.Stop)
+	d, _, err := c.nomad.Jobs().LatestDeployment(c.JobID(), c.q(ctx))
+	if err != nil {
+		return nil, c.nerr("reading the latest deployment", err)
+	}
+	st.Deployment = viewOf(d)
+	st.InProgress = d != nil && (d.Status == nomadapi.DeploymentStatusRunning || d.Status == nomadapi.DeploymentStatusPaused ||
+		d.Status == nomadapi.DeploymentStatusPending || d.Status == nomadapi.DeploymentStatusBlocked)
+	rows, err := c.nodeRows(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	st.Nodes = rows
+	for _, r := range rows {
+		if r.Ready() {
+			st.Ready++
+		}
+	}
+	return st, nil
+}
+
+// nodeRows lists the job's allocations that are not terminal (all of them
+// with all = true), joined with their Consul checks.
+func (c *Client) nodeRows(ctx context.Context, all bool) ([]NodeRow, error) {
+	stubs, _, err := c.nomad.Jobs().Allocations(c.JobID(), false, c.q(ctx))
+	if err != nil {
+		return nil, c.nerr("listing allocations", err)
+	}
+	health, err := c.instances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []NodeRow
+	for _, a := range stubs {
+		if !all && (a.ClientStatus == "complete" || a.ClientStatus == "failed" || a.ClientStatus == "lost" || a.DesiredStatus != "run") {
+			continue
+		}
+		rows = append(rows, c.row(ctx, a, health[a.ID]))
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].Node != rows[j].Node {
+			return rows[i].Node < rows[j].Node
+		}
+		return rows[i].JobVersion > rows[j].JobVersion
+	})
+	return rows, nil
+}
+
+func (c *Client) row(ctx context.Context, a *nomadapi.AllocationListStub, inst *consulapi.ServiceEntry) NodeRow {
+	r := NodeRow{
+		Alloc: short(a.ID), AllocID: a.ID, Node: a.NodeName, Nomad: a.ClientStatus, Desired: a.DesiredStatus,
+		JobVersion: a.JobVersion, Liveness: CheckMissing, Readiness: CheckMissing, Ports: map[string]int{},
+	}
+	if ds := a.DeploymentStatus; ds != nil {
+		r.Healthy = ds.Healthy
+		r.Canary = ds.Canary
+	}
+	if ts := a.TaskStates[jobs.TaskName]; ts != nil {
+		r.Restarts = ts.Restarts
+		if ts.State == "running" && !ts.StartedAt.IsZero() {
+			r.StartedAt = ts.StartedAt
+			r.Uptime = time.Since(ts.StartedAt).Truncate(time.Second).String()
+		}
+	}
+	if inst != nil {
+		r.Address = inst.Service.Address
+		for k, v := range inst.Service.Meta {
+			if label, ok := strings.CutPrefix(k, jobs.MetaPortPrefix); ok {
+				var p int
+				fmt.Sscanf(v, "%d", &p)
+				r.Ports[label] = p
+			}
+		}
+		for _, ch := range inst.Checks {
+			switch ch.Name {
+			case jobs.LivenessCheckName:
+				r.Liveness = ch.Status
+			case jobs.ReadinessCheckName:
+				r.Readiness = ch.Status
+				if ch.Status != CheckPassing {
+					r.ReadinessOutput = clip(strings.TrimSpace(ch.Output))
+				}
+			}
+		}
+	}
+	if r.Address == "" || len(r.Ports) == 0 {
+		// Not in Consul (yet): the allocation has the ports.
+		if full, _, err := c.nomad.Allocations().Info(a.ID, c.q(ctx)); err == nil && full.AllocatedResources != nil {
+			for _, p := range full.AllocatedResources.Shared.Ports {
+				r.Ports[p.Label] = p.Value
+				if r.Address == "" {
+					r.Address = p.HostIP
+				}
+			}
+		}
+	}
+	return r
+}
+
+// instances returns the cluster's service instances in Consul, by allocation ID.
+func (c *Client) instances(ctx context.Context) (map[string]*consulapi.ServiceEntry, error) {
+	entries, _, err := c.consul.Health().Service(c.spec.Gateway.Service, jobs.ClusterTag(c.spec), false, c.cq(ctx))
+	if err != nil {
+		return nil, c.cerr("reading Consul health of "+c.spec.Gateway.Service, err)
+	}
+	out := map[string]*consulapi.ServiceEntry{}
+	for _, e := range entries {
+		id := e.Service.Meta["alloc_id"]
+		if id == "" {
+			// Nomad's service ID: _nomad-task-<alloc>-<task>-<service>-<port>
+			id = strings.TrimPrefix(e.Service.ID, "_nomad-task-")
+			if len(id) >= 36 {
+				id = id[:36]
+			}
+		}
+		out[id] = e
+	}
+	return out, nil
+}
+
+// WriteText prints the status as a table.
+func (st *Status) WriteText(w io.Writer) {
+	if !st.Registered {
+		fmt.Fprintf(w, "Job %q is not registered in Nomad (run `gwnomad deploy`).\n", st.Job)
+		return
+	}
+	state := st.JobStatus
+	if st.Stopped {
+		state += ", stopped"
+	}
+	fmt.Fprintf(w, "Job %q version %d (%s): %d of %d gateway nodes ready (liveness and readiness passing)\n",
+		st.Job, st.JobVersion, state, st.Ready, st.Count)
+	writeRows(w, st.Nodes)
+	if d := st.Deployment; d != nil {
+		label := "Latest deployment"
+		if st.InProgress {
+			label = "Deployment in progress"
+		}
+		fmt.Fprintf(w, "%s: %s (job version %d) %s: %s\n", label, short(d.ID), d.JobVersion, d.Status, d.Description)
+		for _, name := range sortedGroups(d.Groups) {
+			fmt.Fprintf(w, "  group %s: %s\n", name, d.Groups[name])
+		}
+	}
+}
+
+func (g GroupView) String() string {
+	s := fmt.Sprintf("desired %d, placed %d, healthy %d, unhealthy %d", g.Desired, g.Placed, g.Healthy, g.Unhealthy)
+	if g.DesiredCanaries > 0 {
+		s += fmt.Sprintf(", canaries %d (promoted: %v)", g.DesiredCanaries, g.Promoted)
+	}
+	return s
+}
+
+func sortedGroups(m map[string]GroupView) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func writeRows(w io.Writer, rows []NodeRow) {
+	if len(rows) == 0 {
+		fmt.Fprintln(w, "No allocation is running.")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ALLOC\tNODE\tADDRESS\tPORTS\tNOMAD\tLIVENESS\tREADINESS\tVERSION\tUPTIME")
+	for _, r := range rows {
+		v := fmt.Sprint(r.JobVersion)
+		if r.Canary {
+			v += " (canary)"
+		}
+		up := r.Uptime
+		if up == "" {
+			up = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Alloc, r.Node, orDash(r.Address), portsString(r.Ports),
+			r.Nomad, r.Liveness, r.Readiness, v, up)
+	}
+	tw.Flush()
+}
+
+func portsString(p map[string]int) string {
+	if len(p) == 0 {
+		return "-"
+	}
+	order := []string{"http", "https", "passthru_http", "passthru_https", "clustering"}
+	var parts []string
+	seen := map[string]bool{}
+	for _, l := range order {
+		if v, ok := p[l]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%d", l, v))
+			seen[l] = true
+		}
+	}
+	for _, l := range sortedKeys(p) {
+		if !seen[l] {
+			parts = append(parts, fmt.Sprintf("%s=%d", l, p[l]))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// WriteJSON prints the status as one JSON document.
+func (st *Status) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(st); err != nil {
+		return fmt.Errorf("encoding status: %w", err)
+	}
+	return nil
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
