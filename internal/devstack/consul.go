@@ -10,6 +10,10 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 )
 
+// ACLManagementToken is Consul's management token when Config.ACL is set. It
+// guards nothing but a throwaway test agent on loopback.
+const ACLManagementToken = "8c3c5bc8-5f4e-4c7d-9d0e-6d1a5b2e0f11"
+
 // ConsulAgent is one Consul agent: the server, or a client agent that a Nomad
 // client talks to.
 type ConsulAgent struct {
@@ -53,6 +57,11 @@ func newConsul(cfg *Config, node string, joinSerf int) (*ConsulAgent, error) {
 		"-hcl", "ports { grpc_tls = -1 }",
 		"-hcl", "disable_update_check = true",
 		"-log-level", "info",
+	}
+	if cfg.ACL {
+		args = append(args, "-hcl", `acl { enabled = true
+  default_policy = "allow"
+  tokens { initial_management = "`+ACLManagementToken+`" agent = "`+ACLManagementToken+`" } }`)
 	}
 	if joinSerf == 0 {
 		args = append(args, "-server", "-bootstrap-expect", "1", "-ui",

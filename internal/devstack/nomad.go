@@ -58,6 +58,11 @@ consul {
   server_auto_join = false
   client_auto_join = false
 }
+{{- if .ACL}}
+acl {
+  enabled = true
+}
+{{- end}}
 {{- if .Server}}
 server {
   enabled = true
@@ -100,7 +105,7 @@ plugin "raw_exec" {
 type nomadTmplData struct {
 	Name, DataDir, ConsulAddr, SharedDir, Volume string
 	HTTP, RPC, Serf, ServerRPC                   int
-	Server                                       bool
+	Server, ACL                                  bool
 	Chroot                                       map[string]string
 }
 
@@ -117,7 +122,7 @@ func newNomad(cfg *Config, name string, consul *ConsulAgent, server *NomadAgent)
 		Name: name, DataDir: dataDir, ConsulAddr: consul.HTTPAddr,
 		SharedDir: cfg.SharedDir, Volume: cfg.HostVolume,
 		HTTP: ports[0], RPC: ports[1], Serf: ports[2],
-		Server: server == nil, Chroot: cfg.Chroot,
+		Server: server == nil, ACL: cfg.ACL, Chroot: cfg.Chroot,
 	}
 	if server != nil {
 		d.ServerRPC = server.RPCPort

@@ -34,6 +34,12 @@ type Config struct {
 	// Default: BinDir/gatewaysim at /opt/gwnomad/bin/gatewaysim, plus
 	// /etc/passwd and /etc/group.
 	Chroot map[string]string
+	// NomadServer starts a Nomad server even when NomadClients is 0.
+	NomadServer bool
+	// ACL enables ACLs: Consul's with default policy "allow" and the
+	// management token ACLManagementToken; Nomad's, to be bootstrapped by
+	// the caller (`nomad acl bootstrap`). For tests of ACL policies.
+	ACL bool
 	// Pebble starts the ACME test server when non-nil.
 	Pebble *PebbleOptions
 	// Detach starts the agents in their own sessions so that they outlive
@@ -182,7 +188,7 @@ func (s *Stack) start(ctx context.Context, cfg *Config) error {
 		}
 	}
 	cfg.Logf("consul ready at http://%s (UI: http://%s/ui/)", s.Consul.HTTPAddr, s.Consul.HTTPAddr)
-	if cfg.NomadClients == 0 {
+	if cfg.NomadClients == 0 && !cfg.NomadServer {
 		return nil
 	}
 	cfg.Logf("starting nomad server and %d clients", cfg.NomadClients)

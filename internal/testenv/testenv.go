@@ -50,6 +50,10 @@ func Pebble(t testing.TB, opts devstack.PebbleOptions) *devstack.Stack {
 	return start(t, devstack.Config{Pebble: &opts})
 }
 
+// Start starts the agents that cfg asks for (Dir and Logf are set here), for
+// tests that need something the helpers above do not give, such as ACLs.
+func Start(t testing.TB, cfg devstack.Config) *devstack.Stack { return start(t, cfg) }
+
 func start(t testing.TB, cfg devstack.Config) *devstack.Stack {
 	t.Helper()
 	if testing.Short() {
