@@ -41,6 +41,9 @@ type scanner struct {
 	log        *log.Logger
 	files      map[string]*fileState
 	dirMissing bool // the directory was missing at the last scan (logged once)
+	// unreadable is the error of the last scan when the directory exists but
+	// cannot be read (a stale NFS mount, lost permissions), else nil.
+	unreadable error
 }
 
 func newScanner(dir, node string, logger *log.Logger) *scanner {
@@ -50,7 +53,9 @@ func newScanner(dir, node string, logger *log.Logger) *scanner {
 // scan reads the directory, parses new and changed files (by mtime, size and
 // inode), forgets removed ones, and returns a new routing table when anything
 // changed (nil otherwise). A directory that does not exist counts as empty; a
-// directory that cannot be read keeps the current table.
+// directory that cannot be read keeps the current table and sets unreadable,
+// which fails readiness: like a WSO2 node whose NFS mount went away, the node
+// must leave the load balancer until it can see its artifacts again.
 func (sc *scanner) scan() *table {
 	entries, err := os.ReadDir(sc.dir)
 	switch {
@@ -61,9 +66,16 @@ func (sc *scanner) scan() *table {
 		}
 		entries = nil
 	case err != nil:
-		sc.log.Printf("scan artifact directory: %v (keeping %d deployed file(s))", err, len(sc.files))
+		if sc.unreadable == nil {
+			sc.log.Printf("scan artifact directory: %v (keeping %d deployed file(s); not ready until it is readable)", err, len(sc.files))
+		}
+		sc.unreadable = err
 		return nil
 	default:
+		if sc.unreadable != nil {
+			sc.log.Printf("artifact directory %s readable again", sc.dir)
+			sc.unreadable = nil
+		}
 		if sc.dirMissing {
 			sc.log.Printf("artifact directory %s appeared", sc.dir)
 			sc.dirMissing = false

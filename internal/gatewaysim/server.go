@@ -106,6 +106,9 @@ type Server struct {
 
 	tbl      atomic.Pointer[table]
 	ready    atomic.Bool
+	// artifactsErr is the reason the artifact directory cannot be read at
+	// the last scan (readiness fails while it is set), or nil.
+	artifactsErr atomic.Pointer[string]
 	requests atomic.Int64
 
 	crashOnce sync.Once
@@ -245,7 +248,9 @@ func (s *Server) Node() string { return s.node }
 func (s *Server) Certificate() tls.Certificate { return s.cert }
 
 // Ready reports whether the readiness endpoint answers 200.
-func (s *Server) Ready() bool { return s.ready.Load() && !s.opts.FailReadiness }
+func (s *Server) Ready() bool {
+	return s.ready.Load() && !s.opts.FailReadiness && s.artifactsErr.Load() == nil
+}
 
 // Close releases the listeners of a Server whose Run was never called. It is
 // a no-op after Run started (cancel Run's context instead).
@@ -350,9 +355,18 @@ func (s *Server) scanLoop(ctx context.Context) {
 		}
 	}
 	sc := newScanner(s.cfg.APIDir(), s.node, s.log)
-	if t := sc.scan(); t != nil {
-		s.tbl.Store(t)
+	scan := func() {
+		if t := sc.scan(); t != nil {
+			s.tbl.Store(t)
+		}
+		if sc.unreadable != nil {
+			msg := sc.unreadable.Error()
+			s.artifactsErr.Store(&msg)
+		} else {
+			s.artifactsErr.Store(nil)
+		}
 	}
+	scan()
 	s.ready.Store(true)
 	ready := "ready"
 	if s.opts.FailReadiness {
@@ -366,9 +380,7 @@ func (s *Server) scanLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tk.C:
-			if t := sc.scan(); t != nil {
-				s.tbl.Store(t)
-			}
+			scan()
 		}
 	}
 }
@@ -394,6 +406,11 @@ func (s *Server) servlet(w http.ResponseWriter, r *http.Request) {
 		case !s.ready.Load():
 			status = http.StatusServiceUnavailable
 			b = append(b, `{"status":"not ready","reason":"first artifact scan not completed","node":`...)
+		case s.artifactsErr.Load() != nil:
+			status = http.StatusServiceUnavailable
+			b = append(b, `{"status":"not ready","reason":`...)
+			b = appendJSONString(b, "artifact directory unreadable: "+*s.artifactsErr.Load())
+			b = append(b, `,"node":`...)
 		default:
 			b = append(b, `{"status":"ready","apis":`...)
 			b = strconv.AppendInt(b, int64(s.tbl.Load().count), 10)

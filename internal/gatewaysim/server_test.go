@@ -547,3 +547,41 @@ func TestNewErrors(t *testing.T) {
 // effect. The scan interval in tests is 20ms, so changes normally show within
 // tens of milliseconds; the margin is for a loaded 2-core CI machine.
 const reloadDeadline = 3 * time.Second
+
+// TestUnreadableArtifactsFailReadiness: a node that cannot read its shared
+// directory (a stale NFS mount) must leave the load balancer: readiness fails
+// until the directory is readable again. Root ignores permission bits, so the
+// directory is replaced by a file (ReadDir fails with ENOTDIR).
+func TestUnreadableArtifactsFailReadiness(t *testing.T) {
+	n := startNode(t, false, nil)
+	n.writeAPI(SampleAPIFile, SampleAPI)
+	n.waitStatus("GET", "/pizzashack/1.0.0/menu", 200, 5*time.Second)
+	if r := n.readiness(); r.status != http.StatusOK {
+		t.Fatalf("readiness before: %+v", r)
+	}
+	dir := n.srv.cfg.APIDir()
+	moved := dir + ".moved"
+	if err := os.Rename(dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "readiness 503 on an unreadable directory", func() (bool, string) {
+		r := n.readiness()
+		return r.status == http.StatusServiceUnavailable && strings.Contains(r.body, "unreadable"), fmt.Sprintf("%+v", r)
+	})
+	if a := n.api("GET", "/pizzashack/1.0.0/menu"); a.status != 200 {
+		t.Errorf("deployed APIs must keep serving in-flight clients: %+v", a)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(moved, dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "readiness 200 again", func() (bool, string) {
+		r := n.readiness()
+		return r.status == http.StatusOK, fmt.Sprintf("%+v", r)
+	})
+}
