@@ -104,12 +104,12 @@ type Server struct {
 	cert    tls.Certificate
 	started atomic.Bool
 
-	tbl      atomic.Pointer[table]
-	ready    atomic.Bool
+	tbl   atomic.Pointer[table]
+	ready atomic.Bool
 	// artifactsErr is the reason the artifact directory cannot be read at
 	// the last scan (readiness fails while it is set), or nil.
 	artifactsErr atomic.Pointer[string]
-	requests atomic.Int64
+	requests     atomic.Int64
 
 	crashOnce sync.Once
 	crashed   chan struct{}
