@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/gwnomad/gwnomad/internal/testenv"
+	"github.com/gwnomad/gwnomad/jobs"
+	"github.com/gwnomad/gwnomad/scheduler"
+	"github.com/gwnomad/gwnomad/spec"
+)
+
+// The issue's "Done when", against one harness cluster (real Nomad: 1
+// server + 3 clients sharing the host volume; real Consul; the simulator
+// as the gateway on exec), scenario after scenario on the same cluster:
+// plan, a deploy that cannot be placed, a healthy deploy, a config change
+// rolled out node by node, a version whose readiness never passes, status,
+// stop, and a deploy with Nomad down.
+func TestDeployEndToEnd(t *testing.T) {
+	st := testenv.Cluster(t, testenv.Options{Clients: 3})
+	for _, kv := range st.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v) // not parallel: the commands read the environment
+	}
+	consul, nomad := st.ConsulAPI(), st.NomadAPI()
+	dir := t.TempDir()
+	base := testSpec(t)
+	v1 := writeSpec(t, dir, "v1.toml", base)
+	changed := mustReplace(t, base, "https://km.am.wso2.com:9443/services/", "https://km2.am.wso2.com:9443/services/")
+	v2 := writeSpec(t, dir, "v2.toml", changed)
+	broken := writeSpec(t, dir, "broken.toml", mustReplace(t, changed, `"${node.unique.name}"]`, `"${node.unique.name}", "-fail-readiness"]`))
+	novol := writeSpec(t, dir, "novol.toml", mustReplace(t, base, `name = "apim-shared"`, `name = "nfs-missing"`))
+	s, _, err := spec.Load(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	service, tag := s.Gateway.Service, jobs.ClusterTag(s)
+
+	t.Run("plan before the first deploy", func(t *testing.T) {
+		code, out, errs := gw(t, "plan", "-f", v1)
+		if code != exitFailed {
+			t.Fatalf("plan: exit %d, want 1 (changes)\n%s\n%s", code, out, errs)
+		}
+		for _, want := range []string{"not registered yet", "+ gwnomad/apim-gw/config/apim/key_manager/service_url", "to place"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("plan output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("missing host volume: exit 2 naming it, nothing written", func(t *testing.T) {
+		code, out, errs := gw(t, "deploy", "-f", novol)
+		if code != exitPlacement {
+			t.Fatalf("deploy: exit %d, want 2\n%s\n%s", code, out, errs)
+		}
+		if !strings.Contains(errs, `host volume "nfs-missing"`) || !strings.Contains(errs, "nomad-client") {
+			t.Errorf("the error does not name the volume and the nodes:\n%s", errs)
+		}
+		if keys := kvKeys(t, consul); len(keys) != 0 {
+			t.Errorf("KV written despite the failure: %v", keys)
+		}
+	})
+
+	t.Run("deploy 3 nodes", func(t *testing.T) {
+		code, out, errs := gw(t, "deploy", "-f", v1)
+		if code != exitOK {
+			t.Fatalf("deploy: exit %d, want 0\n%s\n%s", code, out, errs)
+		}
+		for _, want := range []string{"HEALTHY", "3 of 3 nodes ready", "deployment"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("deploy output lacks %q:\n%s", want, out)
+			}
+		}
+		passing := passingInstances(t, consul, service, tag)
+		if len(passing) != 3 {
+			t.Fatalf("%d passing instances, want 3", len(passing))
+		}
+		nodes := map[string]bool{}
+		for _, e := range passing {
+			nodes[e.Node.Node] = true
+			names := map[string]bool{}
+			for _, c := range e.Checks {
+				if c.Status == consulapi.HealthPassing {
+					names[c.Name] = true
+				}
+			}
+			if !names[jobs.LivenessCheckName] || !names[jobs.ReadinessCheckName] {
+				t.Errorf("instance %s lacks a passing check: %v", e.Service.ID, names)
+			}
+		}
+		if len(nodes) != 3 {
+			t.Errorf("instances not on 3 different clients: %v", nodes)
+		}
+		if p, _, _ := consul.KV().Get("gwnomad/apim-gw/previous", nil); p == nil {
+			t.Error("no previous values kept in KV")
+		}
+	})
+
+	t.Run("plan without change and status -o json", func(t *testing.T) {
+		code, out, errs := gw(t, "plan", "-f", v1)
+		if code != exitOK || !strings.Contains(out, "No changes") {
+			t.Fatalf("plan: exit %d, want 0 (no change)\n%s\n%s", code, out, errs)
+		}
+		code, out, errs = gw(t, "status", "-f", v1, "-o", "json")
+		if code != exitOK {
+			t.Fatalf("status: exit %d\n%s\n%s", code, out, errs)
+		}
+		var stat scheduler.Status
+		if err := json.Unmarshal([]byte(out), &stat); err != nil {
+			t.Fatalf("status JSON: %v\n%s", err, out)
+		}
+		if !stat.Registered || stat.Ready != 3 || len(stat.Nodes) != 3 || stat.InProgress {
+			t.Fatalf("status: %+v", stat)
+		}
+		nodes := map[string]bool{}
+		for _, n := range stat.Nodes {
+			nodes[n.Node] = true
+			if n.Nomad != "running" || n.Liveness != "passing" || n.Readiness != "passing" || n.Address == "" ||
+				n.Ports["https"] == 0 || n.Ports["passthru_https"] == 0 || n.Uptime == "" || n.JobVersion != stat.JobVersion {
+				t.Errorf("status row: %+v", n)
+			}
+		}
+		if len(nodes) != 3 {
+			t.Errorf("rows not on 3 nodes: %v", nodes)
+		}
+		code, out, _ = gw(t, "status", "-f", v1)
+		if code != exitOK || !strings.Contains(out, "3 of 3 gateway nodes ready") || !strings.Contains(out, "READINESS") {
+			t.Errorf("status text: exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("config change rolls out node by node", func(t *testing.T) {
+		code, out, errs := gw(t, "plan", "-f", v2)
+		if code != exitFailed || !strings.Contains(out, "km2.am.wso2.com") || !strings.Contains(out, jobs.MetaConfigChecksum) {
+			t.Fatalf("plan: exit %d, want 1 with the KV and checksum change\n%s\n%s", code, out, errs)
+		}
+		poll := startPoller(t, consul, service, tag)
+		code, out, errs = gw(t, "deploy", "-f", v2, "-o", "json")
+		minSeen, polls := poll()
+		if code != exitOK {
+			t.Fatalf("deploy: exit %d, want 0\n%s\n%s", code, out, errs)
+		}
+		if polls < 10 || minSeen < 2 {
+			t.Errorf("during the rollout %d polls saw at least %d passing instances, want >= 2", polls, minSeen)
+		}
+		events := parseEvents(t, out)
+		if last := events[len(events)-1]; last.Type != scheduler.EventSummary || last.Summary.Outcome != "healthy" || last.Summary.Ready != 3 {
+			t.Errorf("last event: %+v", last)
+		}
+		for _, a := range runningAllocs(t, nomad) {
+			body := allocFile(t, nomad, a.ID, "gateway"+jobs.ConfigPath(s))
+			if !strings.Contains(body, "https://km2.am.wso2.com:9443/services/") {
+				t.Errorf("alloc %s on %s: deployment.toml lacks the new value:\n%s", a.ID[:8], a.NodeName, body)
+			}
+		}
+	})
+
+	t.Run("readiness never passes: exit 1, auto-reverted, old version serving", func(t *testing.T) {
+		job, _, err := nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		goodSum := job.Meta[jobs.MetaConfigChecksum]
+		code, out, errs := gw(t, "deploy", "-f", broken)
+		if code != exitFailed {
+			t.Fatalf("deploy: exit %d, want 1\n%s\n%s", code, out, errs)
+		}
+		for _, want := range []string{"auto-reverted to job version", "readiness"} {
+			if !strings.Contains(out+errs, want) {
+				t.Errorf("output lacks %q:\nstdout:\n%s\nstderr:\n%s", want, out, errs)
+			}
+		}
+		testenv.WaitFor(t, 3*time.Minute, "3 passing instances of the old version", func() error {
+			passing, _, err := consul.Health().Service(service, tag, true, nil)
+			if err != nil {
+				return err
+			}
+			if len(passing) != 3 {
+				return fmt.Errorf("%d passing", len(passing))
+			}
+			for _, e := range passing {
+				if !strings.HasPrefix(goodSum, e.Service.Meta["config_checksum"]) {
+					return fmt.Errorf("instance %s runs config %s, want %s", e.Service.ID, e.Service.Meta["config_checksum"], goodSum[:12])
+				}
+			}
+			return nil
+		})
+		for _, a := range runningAllocs(t, nomad) {
+			full, _, err := nomad.Allocations().Info(a.ID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if args := fmt.Sprint(full.Job.TaskGroups[0].Tasks[0].Config["args"]); strings.Contains(args, "fail-readiness") {
+				t.Errorf("alloc %s still runs the broken version: %s", a.ID[:8], args)
+			}
+		}
+	})
+
+	t.Run("stop leaves no allocation running and keeps KV", func(t *testing.T) {
+		code, out, errs := gw(t, "stop", "-f", v2)
+		if code != exitOK {
+			t.Fatalf("stop: exit %d\n%s\n%s", code, out, errs)
+		}
+		if n := len(runningAllocs(t, nomad)); n != 0 {
+			t.Errorf("%d allocations still running after stop", n)
+		}
+		if len(kvKeys(t, consul)) == 0 {
+			t.Error("stop without --purge deleted the KV values")
+		}
+	})
+
+	t.Run("Nomad stopped: exit 4, nothing written", func(t *testing.T) {
+		before := kvDump(t, consul)
+		if err := st.NomadServer.Proc.Stop(20 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { // leave the stack whole for its cleanup
+			if err := st.NomadServer.Proc.Start(); err != nil {
+				t.Error(err)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := st.NomadServer.WaitLeader(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+		code, out, errs := gw(t, "deploy", "-f", broken)
+		if code != exitUnreachable {
+			t.Fatalf("deploy: exit %d, want 4\n%s\n%s", code, out, errs)
+		}
+		if !strings.Contains(errs, "Nomad at http://"+st.NomadServer.HTTPAddr+" is unreachable") || !strings.Contains(errs, "nothing was changed") {
+			t.Errorf("unclear message:\n%s", errs)
+		}
+		if after := kvDump(t, consul); after != before {
+			t.Errorf("KV changed while Nomad was down:\nbefore %s\nafter %s", before, after)
+		}
+	})
+}
+
+// testSpec is the embedded demo spec with deadlines short enough for a test.
+func testSpec(t *testing.T) string {
+	s := string(spec.DefaultTOML)
+	s = mustReplace(t, s, `healthy_deadline = "1m"`, `healthy_deadline = "25s"`)
+	return mustReplace(t, s, `progress_deadline = "2m"`, `progress_deadline = "90s"`)
+}
+
+func mustReplace(t *testing.T, s, old, new string) string {
+	t.Helper()
+	if !strings.Contains(s, old) {
+		t.Fatalf("spec lacks %q", old)
+	}
+	return strings.Replace(s, old, new, 1)
+}
+
+func writeSpec(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// gw runs one gwnomad command in-process.
+func gw(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code = commands[args[0]].run(ctx, args[1:], &out, &errb)
+	t.Logf("gwnomad %s: exit %d in %s", strings.Join(args, " "), code, time.Since(start).Truncate(time.Second))
+	return code, out.String(), errb.String()
+}
+
+func passingInstances(t *testing.T, consul *consulapi.Client, service, tag string) []*consulapi.ServiceEntry {
+	t.Helper()
+	e, _, err := consul.Health().Service(service, tag, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// startPoller counts passing instances every 100ms until the returned
+// function is called; that returns the minimum seen and the number of polls.
+func startPoller(t *testing.T, consul *consulapi.Client, service, tag string) func() (int, int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	minSeen, polls := 1<<30, 0
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			q := (&consulapi.QueryOptions{}).WithContext(ctx)
+			e, _, err := consul.Health().Service(service, tag, true, q)
+			if err == nil {
+				mu.Lock()
+				polls++
+				if len(e) < minSeen {
+					minSeen = len(e)
+					t.Logf("poller: %d passing instances", len(e))
+				}
+				mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (int, int) {
+		cancel()
+		wg.Wait()
+		return minSeen, polls
+	}
+}
+
+func parseEvents(t *testing.T, out string) []scheduler.Event {
+	t.Helper()
+	var evs []scheduler.Event
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e scheduler.Event
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("not a JSON event: %q: %v", l, err)
+		}
+		evs = append(evs, e)
+	}
+	if len(evs) == 0 {
+		t.Fatal("no events")
+	}
+	return evs
+}
+
+func runningAllocs(t *testing.T, nomad *nomadapi.Client) []*nomadapi.AllocationListStub {
+	t.Helper()
+	stubs, _, err := nomad.Jobs().Allocations("apim-gw", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*nomadapi.AllocationListStub
+	for _, a := range stubs {
+		if a.ClientStatus == "running" || a.ClientStatus == "pending" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func allocFile(t *testing.T, nomad *nomadapi.Client, id, path string) string {
+	t.Helper()
+	a, _, err := nomad.Allocations().Info(id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := nomad.AllocFS().Cat(a, path, nil)
+	if err != nil {
+		t.Fatalf("reading %s of alloc %s: %v", path, id[:8], err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func kvKeys(t *testing.T, consul *consulapi.Client) []string {
+	t.Helper()
+	keys, _, err := consul.KV().Keys("gwnomad/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func kvDump(t *testing.T, consul *consulapi.Client) string {
+	t.Helper()
+	pairs, _, err := consul.KV().List("gwnomad/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, p := range pairs {
+		fmt.Fprintf(&b, "%s=%s;", p.Key, p.Value)
+	}
+	return b.String()
+}
