@@ -309,6 +309,28 @@ func TestACMEObtainServeRedirect(t *testing.T) {
 			t.Errorf("HSTS header %q", m.HSTSHeader())
 		}
 	})
+
+	t.Run("FailedRenewalKeepsServing", func(t *testing.T) { // last: stops Pebble
+		before, _, err := e.fetch(addr, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.stack.Pebble.Proc.Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+		defer rcancel()
+		if err := m.Renew(rctx, name); err == nil {
+			t.Fatal("renewal with the CA down succeeded")
+		}
+		if v := counterValue(m.metrics.issued.WithLabelValues("renew", "failure")); v < 1 {
+			t.Errorf("renewal failures counted: %v", v)
+		}
+		after, _, err := e.fetch(addr, name)
+		if err != nil || after.Cmp(before) != 0 {
+			t.Errorf("after a failed renewal: serial %v, %v; want the same certificate served", after, err)
+		}
+	})
 }
 
 func TestACMERenewalWithoutFailedHandshake(t *testing.T) {
