@@ -73,7 +73,9 @@ func (c *Client) NomadAddr() string  { return c.nomadAddr }
 func (c *Client) ConsulAddr() string { return c.consulAddr }
 
 func (c *Client) nerr(what string, err error) error { return classify("Nomad", c.nomadAddr, what, err) }
-func (c *Client) cerr(what string, err error) error { return classify("Consul", c.consulAddr, what, err) }
+func (c *Client) cerr(what string, err error) error {
+	return classify("Consul", c.consulAddr, what, err)
+}
 
 func (c *Client) q(ctx context.Context) *nomadapi.QueryOptions {
 	return (&nomadapi.QueryOptions{}).WithContext(ctx)

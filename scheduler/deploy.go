@@ -110,8 +110,12 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 	if err != nil {
 		return nil, &unchanged{err} // one transaction: all or nothing
 	}
-	emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %d key(s) written in one transaction under %s (previous values kept in %sprevious)",
-		len(changes), c.configPrefix(), c.root())})
+	if len(changes) == 0 {
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: no change under %s", c.configPrefix())})
+	} else {
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %d key(s) written in one transaction under %s (previous values kept in %sprevious)",
+			len(changes), c.configPrefix(), c.root())})
+	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err = templates.Render(rctx, c.spec, templates.Options{Consul: c.consul})
 	cancel()

@@ -347,9 +347,19 @@ func (w *watcher) allocs(ctx context.Context, d *nomadapi.Deployment) error {
 }
 
 func nodeChanged(a, b NodeRow) bool {
-	return a.Nomad != b.Nomad || a.Liveness != b.Liveness || a.Readiness != b.Readiness ||
-		a.Restarts != b.Restarts || a.JobVersion != b.JobVersion || fmt.Sprint(a.Healthy) != fmt.Sprint(b.Healthy) ||
+	return a.Nomad != b.Nomad || a.Desired != b.Desired || a.Liveness != b.Liveness || a.Readiness != b.Readiness ||
+		a.Restarts != b.Restarts || a.JobVersion != b.JobVersion || healthWord(a.Healthy) != healthWord(b.Healthy) ||
 		(b.Address != "" && a.Address != b.Address)
+}
+
+func healthWord(h *bool) string {
+	switch {
+	case h == nil:
+		return ""
+	case *h:
+		return "healthy"
+	}
+	return "UNHEALTHY"
 }
 
 func nodeLine(r NodeRow) string {
@@ -357,13 +367,13 @@ func nodeLine(r NodeRow) string {
 	if r.Canary {
 		s += ", canary"
 	}
-	s += fmt.Sprintf("): Nomad %s, liveness %s, readiness %s", r.Nomad, r.Liveness, r.Readiness)
-	if r.Healthy != nil {
-		if *r.Healthy {
-			s += ", healthy"
-		} else {
-			s += ", UNHEALTHY"
-		}
+	s += "): Nomad " + r.Nomad
+	if r.Desired != "" && r.Desired != "run" {
+		s += " (desired: " + r.Desired + ")"
+	}
+	s += fmt.Sprintf(", liveness %s, readiness %s", r.Liveness, r.Readiness)
+	if h := healthWord(r.Healthy); h != "" {
+		s += ", " + h
 	}
 	if r.Address != "" {
 		s += ", " + r.Address
@@ -422,7 +432,11 @@ func (c *Client) ExplainAlloc(ctx context.Context, allocID string, inst *consula
 			if ch.ServiceID == "" || ch.Status == consulapi.HealthPassing {
 				continue
 			}
-			lines = append(lines, fmt.Sprintf("Consul check %q %s: %s", ch.Name, ch.Status, clip(strings.TrimSpace(ch.Output))))
+			line := fmt.Sprintf("Consul check %q is %s", ch.Name, ch.Status)
+			if out := strings.TrimSpace(ch.Output); out != "" {
+				line += ": " + clip(out)
+			}
+			lines = append(lines, line)
 		}
 	}
 	if tail, err := c.stderrTail(ctx, a, 10); err == nil && len(tail) > 0 {

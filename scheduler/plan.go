@@ -141,7 +141,7 @@ func updatesString(u *nomadapi.DesiredUpdates) string {
 	}
 	add(u.Place, "to place")
 	add(u.Canary, "canary")
-	add(u.DestructiveUpdate, "to replace (rolling, destructive update)")
+	add(u.DestructiveUpdate, "to replace in the first batch of the rolling update")
 	add(u.InPlaceUpdate, "in-place update")
 	add(u.Migrate, "to migrate")
 	add(u.Stop, "to stop")
@@ -152,6 +152,26 @@ func updatesString(u *nomadapi.DesiredUpdates) string {
 // formatJobDiff writes Nomad's job diff as lines "+/-/~ path: old => new".
 func formatJobDiff(d *nomadapi.JobDiff) []string {
 	var out []string
+	if d.Type == "Added" {
+		// A new job: every field is new; name what matters.
+		out = append(out, fmt.Sprintf("+ job %q (new)", d.ID))
+		for _, f := range d.Fields {
+			if strings.HasPrefix(f.Name, "Meta[") || f.Name == "Datacenters" {
+				fields(&out, "", []*nomadapi.FieldDiff{f})
+			}
+		}
+		for _, o := range d.Objects {
+			if o.Name == "Datacenters" {
+				for _, f := range o.Fields {
+					out = append(out, fmt.Sprintf("+ datacenter %q", f.New))
+				}
+			}
+		}
+		for _, tg := range d.TaskGroups {
+			out = append(out, fmt.Sprintf("+ group %q", tg.Name))
+		}
+		return out
+	}
 	fields(&out, "", d.Fields)
 	objects(&out, "", d.Objects)
 	for _, tg := range d.TaskGroups {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -40,7 +41,10 @@ func TestDeployEndToEnd(t *testing.T) {
 	v1 := writeSpec(t, dir, "v1.toml", base)
 	changed := mustReplace(t, base, "https://km.am.wso2.com:9443/services/", "https://km2.am.wso2.com:9443/services/")
 	v2 := writeSpec(t, dir, "v2.toml", changed)
-	broken := writeSpec(t, dir, "broken.toml", mustReplace(t, changed, `"${node.unique.name}"]`, `"${node.unique.name}", "-fail-readiness"]`))
+	// A new config value and a gateway whose readiness never passes.
+	broken := writeSpec(t, dir, "broken.toml", mustReplace(t,
+		mustReplace(t, changed, "https://km2.am.wso2.com:9443/services/", "https://km3.am.wso2.com:9443/services/"),
+		`"${node.unique.name}"]`, `"${node.unique.name}", "-fail-readiness"]`))
 	novol := writeSpec(t, dir, "novol.toml", mustReplace(t, base, `name = "apim-shared"`, `name = "nfs-missing"`))
 	s, _, err := spec.Load(v1)
 	if err != nil {
@@ -167,7 +171,7 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("readiness never passes: exit 1, auto-reverted, old version serving", func(t *testing.T) {
+	t.Run("readiness never passes: exit 1, auto-reverted, old version and its KV values serving", func(t *testing.T) {
 		job, _, err := nomad.Jobs().Info("apim-gw", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -206,6 +210,20 @@ func TestDeployEndToEnd(t *testing.T) {
 				t.Errorf("alloc %s still runs the broken version: %s", a.ID[:8], args)
 			}
 		}
+		// The KV values of the reverted version are back, and so is every
+		// node's rendered file.
+		p, _, err := consul.KV().Get("gwnomad/apim-gw/config/apim/key_manager/service_url", nil)
+		if err != nil || p == nil || string(p.Value) != `"https://km2.am.wso2.com:9443/services/"` {
+			t.Fatalf("KV not restored after the revert: %v %v", p, err)
+		}
+		testenv.WaitFor(t, time.Minute, "every node rendering the restored value", func() error {
+			for _, a := range runningAllocs(t, nomad) {
+				if body := allocFile(t, nomad, a.ID, "gateway"+jobs.ConfigPath(s)); !strings.Contains(body, "https://km2.am.wso2.com:9443/services/") {
+					return fmt.Errorf("alloc %s on %s renders:\n%s", a.ID[:8], a.NodeName, body)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("stop leaves no allocation running and keeps KV", func(t *testing.T) {
@@ -218,6 +236,46 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 		if len(kvKeys(t, consul)) == 0 {
 			t.Error("stop without --purge deleted the KV values")
+		}
+	})
+
+	t.Run("interrupted monitoring leaves the deployment going", func(t *testing.T) {
+		sp, _, err := spec.Load(v2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := scheduler.New(sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		var events []string
+		_, err = c.Deploy(ctx, scheduler.DeployOptions{Report: scheduler.ReporterFunc(func(e scheduler.Event) {
+			events = append(events, e.Type+": "+e.Message)
+			if e.Type == scheduler.EventDeployment {
+				cancel() // Ctrl-C while monitoring
+			}
+		})})
+		var intr *scheduler.InterruptedError
+		if !errors.As(err, &intr) || intr.DeploymentID == "" {
+			t.Fatalf("Deploy after cancel: %v, want *InterruptedError with the deployment", err)
+		}
+		if last := events[len(events)-1]; !strings.Contains(strings.Join(events, "\n"), "gwnomad status") || !strings.HasPrefix(last, "summary") {
+			t.Errorf("events do not say how to resume:\n%s", strings.Join(events, "\n"))
+		}
+		testenv.WaitFor(t, 3*time.Minute, "the deployment to finish without gwnomad", func() error {
+			d, _, err := nomad.Deployments().Info(intr.DeploymentID, nil)
+			if err != nil {
+				return err
+			}
+			if d.Status != nomadapi.DeploymentStatusSuccessful {
+				return fmt.Errorf("deployment %s: %s", d.Status, d.StatusDescription)
+			}
+			return nil
+		})
+		if code, out, errs := gw(t, "stop", "-f", v2); code != exitOK {
+			t.Fatalf("stop: exit %d\n%s\n%s", code, out, errs)
 		}
 	})
 
@@ -253,8 +311,8 @@ func TestDeployEndToEnd(t *testing.T) {
 // testSpec is the embedded demo spec with deadlines short enough for a test.
 func testSpec(t *testing.T) string {
 	s := string(spec.DefaultTOML)
-	s = mustReplace(t, s, `healthy_deadline = "1m"`, `healthy_deadline = "25s"`)
-	return mustReplace(t, s, `progress_deadline = "2m"`, `progress_deadline = "90s"`)
+	s = mustReplace(t, s, `healthy_deadline = "1m"`, `healthy_deadline = "20s"`)
+	return mustReplace(t, s, `progress_deadline = "2m"`, `progress_deadline = "35s"`)
 }
 
 func mustReplace(t *testing.T, s, old, new string) string {
@@ -283,6 +341,16 @@ func gw(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	start := time.Now()
 	code = commands[args[0]].run(ctx, args[1:], &out, &errb)
 	t.Logf("gwnomad %s: exit %d in %s", strings.Join(args, " "), code, time.Since(start).Truncate(time.Second))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("gwnomad %s:\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), out.String(), errb.String())
+		}
+	})
+	if dir := os.Getenv("GWNOMAD_E2E_OUT"); dir != "" { // to read what an SRE sees
+		name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+		f := fmt.Sprintf("%s/%s-%s.txt", dir, name, args[0])
+		_ = os.WriteFile(f, []byte(fmt.Sprintf("$ gwnomad %s\nexit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), code, out.String(), errb.String())), 0o644)
+	}
 	return code, out.String(), errb.String()
 }
 
