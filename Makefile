@@ -45,3 +45,31 @@ demo-down:
 
 clean:
 	rm -rf $(BIN) .demo
+
+# gwnomad lb vs HAProxy, Caddy and direct (wrk); tables into BENCHMARKS.md.
+# About 11 minutes; see BENCHMARKS.md.
+bench: build tools
+	bench/run.sh $(BENCH_ARGS)
+
+# Zero-error scenarios under load on real Consul + Nomad (about 10 minutes).
+resilience: build tools
+	$(GO) test -count=1 -timeout 30m -v ./resilience/
+
+# Each fuzz target for FUZZTIME (go test -fuzz allows one target a run).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./spec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./lb/balancer -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./lb/balancer -run '^$$' -fuzz '^FuzzNormalizeHost$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/gatewaysim -run '^$$' -fuzz '^FuzzParseAPI$$' -fuzztime $(FUZZTIME)
+
+# go vet, staticcheck and govulncheck (installed into bin/ from the Go module proxy).
+STATICCHECK_VERSION ?= 2026.1
+lint: $(BIN)/staticcheck $(BIN)/govulncheck
+	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
+	$(BIN)/govulncheck ./...
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(BIN)/govulncheck:
+	GOBIN=$(BIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@latest

@@ -24,6 +24,11 @@ type AccessLog struct {
 	mu  sync.Mutex
 	w   *bufio.Writer
 	out io.Writer
+	// The timestamp up to the seconds ("2006-01-02T15:04:05.") changes once
+	// a second: it is formatted then and reused (under mu).
+	stampSec int64
+	stamp    [32]byte
+	stampLen int
 }
 
 // NewAccessLog writes to w.
@@ -56,6 +61,8 @@ func (l *AccessLog) Flush() {
 // Entry is one request. Byte slices are only read during Write.
 type Entry struct {
 	Start                    time.Time
+	// Duration is the request's time so far; 0: measured by Write.
+	Duration                 time.Duration
 	Remote                   netip.Addr
 	Method, Host, URI, Proto []byte
 	Status, Bytes            int
@@ -72,8 +79,10 @@ func (l *AccessLog) Write(e *Entry) {
 	bp := linePool.Get().(*[]byte)
 	b := (*bp)[:0]
 	b = append(b, `{"time":"`...)
-	b = e.Start.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
-	b = append(b, `","remote":"`...)
+	stampAt := len(b) // the seconds go here, under mu (appendStamp)
+	b = append(b, `.000Z","remote":"`...)
+	ms := e.Start.Nanosecond() / 1e6
+	b[stampAt+1], b[stampAt+2], b[stampAt+3] = byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10)
 	if e.Remote.IsValid() {
 		b = e.Remote.AppendTo(b)
 	}
@@ -90,7 +99,11 @@ func (l *AccessLog) Write(e *Entry) {
 	b = append(b, `,"bytes":`...)
 	b = strconv.AppendInt(b, int64(e.Bytes), 10)
 	b = append(b, `,"duration_ms":`...)
-	b = strconv.AppendFloat(b, float64(time.Since(e.Start).Microseconds())/1000, 'f', 3, 64)
+	d := e.Duration
+	if d == 0 {
+		d = time.Since(e.Start)
+	}
+	b = appendMillis(b, d.Microseconds())
 	if e.Route != nil {
 		b = append(b, `,"route":`...)
 		b = appendJSONString(b, e.Route.Name)
@@ -109,10 +122,35 @@ func (l *AccessLog) Write(e *Entry) {
 	}
 	b = append(b, "}\n"...)
 	l.mu.Lock()
-	_, _ = l.w.Write(b)
+	l.appendStamp(b[:stampAt], e.Start)
+	_, _ = l.w.Write(b[stampAt:])
 	l.mu.Unlock()
 	*bp = b
 	linePool.Put(bp)
+}
+
+// appendStamp writes "2006-01-02T15:04:05" of t (UTC) to w before line
+// (line ends where the seconds go); l.mu is held. The cached seconds are
+// reformatted only when t's second differs.
+func (l *AccessLog) appendStamp(head []byte, t time.Time) {
+	if sec := t.Unix(); sec != l.stampSec || l.stampLen == 0 {
+		l.stampLen = len(t.UTC().AppendFormat(l.stamp[:0], "2006-01-02T15:04:05"))
+		l.stampSec = sec
+	}
+	_, _ = l.w.Write(head)
+	_, _ = l.w.Write(l.stamp[:l.stampLen])
+}
+
+// appendMillis appends us microseconds as milliseconds with three decimals
+// (what AppendFloat(us/1000, 'f', 3) gives, without the float).
+func appendMillis(b []byte, us int64) []byte {
+	if us < 0 {
+		b = append(b, '-')
+		us = -us
+	}
+	b = strconv.AppendInt(b, us/1000, 10)
+	f := us % 1000
+	return append(b, '.', byte('0'+f/100), byte('0'+f/10%10), byte('0'+f%10))
 }
 
 func appendJSONString(b []byte, s string) []byte {

@@ -429,10 +429,11 @@ func (p *Proxy) writeError(resp *fasthttp.Response, o *outcome) {
 // done records metrics and the access log line.
 func (p *Proxy) done(ctx *fasthttp.RequestCtx, r *balancer.Route, o *outcome, start time.Time) {
 	code := ctx.Response.StatusCode()
-	p.record(r, o, code, start)
+	d := time.Since(start) // one clock read for the metrics and the log
+	p.recordDur(r, o, code, d)
 	if p.opt.AccessLog != nil {
 		p.opt.AccessLog.Write(&Entry{
-			Start: start, Remote: remoteAddr(ctx.RemoteAddr()), Method: ctx.Request.Header.Method(),
+			Start: start, Duration: d, Remote: remoteAddr(ctx.RemoteAddr()), Method: ctx.Request.Header.Method(),
 			Host: ctx.Request.Header.Host(), URI: ctx.Request.Header.RequestURI(), Proto: ctx.Request.Header.Protocol(),
 			Status: code, Bytes: len(ctx.Response.Body()), Route: r, Upstream: o.up, Tries: o.tries, Err: o.err,
 		})
@@ -440,6 +441,10 @@ func (p *Proxy) done(ctx *fasthttp.RequestCtx, r *balancer.Route, o *outcome, st
 }
 
 func (p *Proxy) record(r *balancer.Route, o *outcome, code int, start time.Time) {
+	p.recordDur(r, o, code, time.Since(start))
+}
+
+func (p *Proxy) recordDur(r *balancer.Route, o *outcome, code int, d time.Duration) {
 	if r == nil {
 		p.m.NoRoute.Inc()
 		return
@@ -454,7 +459,7 @@ func (p *Proxy) record(r *balancer.Route, o *outcome, code int, start time.Time)
 	} else {
 		rx.none[c].Inc()
 	}
-	rx.dur.Observe(time.Since(start).Seconds())
+	rx.dur.Observe(d.Seconds())
 }
 
 func remoteAddr(a net.Addr) netip.Addr {
