@@ -274,8 +274,32 @@ func TestDeployEndToEnd(t *testing.T) {
 			}
 			return nil
 		})
-		if code, out, errs := gw(t, "stop", "-f", v2); code != exitOK {
-			t.Fatalf("stop: exit %d\n%s\n%s", code, out, errs)
+	})
+
+	t.Run("canaries: unplaceable names the constraint; auto-promote rolls on", func(t *testing.T) {
+		canary := mustReplace(t, mustReplace(t, changed, "max_parallel = 1", "max_parallel = 1\ncanary = 1"),
+			"https://km2.am.wso2.com:9443/services/", "https://km4.am.wso2.com:9443/services/")
+		// Three nodes on three clients, never two on one: no room for a canary.
+		full := writeSpec(t, dir, "canary3.toml", canary)
+		before := kvDump(t, consul)
+		code, out, errs := gw(t, "deploy", "-f", full)
+		if code != exitPlacement || !strings.Contains(errs, "distinct_hosts") {
+			t.Fatalf("deploy: exit %d, want 2 naming distinct_hosts\n%s\n%s", code, out, errs)
+		}
+		if kvDump(t, consul) != before {
+			t.Error("KV written although the plan could not place the canary")
+		}
+		// Two nodes: the canary goes to the third client, then is promoted.
+		two := writeSpec(t, dir, "canary2.toml", mustReplace(t, canary, "count = 3", "count = 2"))
+		code, out, errs = gw(t, "deploy", "-f", two, "--auto-promote")
+		if code != exitOK {
+			t.Fatalf("deploy --auto-promote: exit %d, want 0\n%s\n%s", code, out, errs)
+		}
+		if !strings.Contains(out, "promoted (--auto-promote)") || !strings.Contains(out, "2 of 2 nodes ready") {
+			t.Errorf("deploy output:\n%s", out)
+		}
+		if n := len(passingInstances(t, consul, service, tag)); n != 2 {
+			t.Errorf("%d passing instances, want 2", n)
 		}
 	})
 
