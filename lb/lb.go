@@ -42,10 +42,13 @@
 //
 // # TLS
 //
-// tls.mode = "files" serves cert_file/key_file (reloaded when they change).
-// Any other certificate source plugs in with WithTLSConfig: the
-// *tls.Config (its GetCertificate, e.g. certmagic's) is used as is, with
-// "h2" and "http/1.1" added to its NextProtos.
+// tls.mode = "files" serves cert_file/key_file (reloaded when they change);
+// tls.mode = "acme" obtains and renews certificates with certmagic (package
+// certs), stored encrypted in Consul KV and shared by every LB instance. With
+// either, listen.http answers ACME HTTP-01 challenges and redirects everything
+// else to https with a 308. Any other certificate source plugs in with
+// WithTLSConfig: the *tls.Config is used as is, with "h2" and "http/1.1"
+// added to its NextProtos.
 package lb
 
 import (
@@ -70,6 +73,7 @@ import (
 
 	"github.com/gwnomad/gwnomad/lb/admin"
 	"github.com/gwnomad/gwnomad/lb/balancer"
+	"github.com/gwnomad/gwnomad/lb/certs"
 	"github.com/gwnomad/gwnomad/lb/config"
 	"github.com/gwnomad/gwnomad/lb/discovery"
 	"github.com/gwnomad/gwnomad/lb/proxy"
@@ -101,6 +105,7 @@ type LB struct {
 	log       *slog.Logger
 	consul    *consulapi.Client
 	tlsConfig *tls.Config
+	certs     *certs.Manager // tls.mode files or acme: certificates, and :80 (challenges, redirect)
 	accessOut io.Writer
 	accessLog *proxy.AccessLog
 
@@ -114,6 +119,7 @@ type LB struct {
 
 	httpLn, httpsLn, adminLn net.Listener
 	fast                     *fasthttp.Server
+	redirectSrv              *http.Server // :80 when TLS is on
 	tlsSrv                   *proxy.TLSServer
 	adminSrv                 *http.Server
 
@@ -147,14 +153,12 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		if cfg.Listen.HTTPS == "" {
 			return nil, errors.New("a TLS configuration was given but listen.https is empty")
 		}
-	case cfg.TLS.Mode == "files":
-		cf, err := proxy.NewCertFiles(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	case cfg.TLS.Mode == "files" || cfg.TLS.Mode == "acme":
+		mgr, err := certs.New(certsConfig(cfg, l.log), l.consul)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("tls: %w", err)
 		}
-		l.tlsConfig = &tls.Config{GetCertificate: cf.GetCertificate, MinVersion: tls.VersionTLS12}
-	case cfg.TLS.Mode == "acme":
-		return nil, errors.New(`tls.mode "acme" needs a certificate manager (lb.WithTLSConfig); none is built in yet`)
+		l.certs, l.tlsConfig = mgr, mgr.TLSConfig()
 	}
 	if l.accessOut == nil {
 		switch cfg.Log.AccessLog {
@@ -203,7 +207,27 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		ReconnectGrace: cfg.Consul.ReconnectGrace.D(),
 	}
 	l.reg.MustRegister(&collector{l: l})
+	if l.certs != nil {
+		l.reg.MustRegister(l.certs)
+	}
 	return l, nil
+}
+
+// certsConfig maps [tls] to the certificate manager's configuration.
+func certsConfig(cfg *config.Config, log *slog.Logger) certs.Config {
+	t := &cfg.TLS
+	return certs.Config{
+		Mode: t.Mode, CertFile: t.CertFile, KeyFile: t.KeyFile,
+		Domains: cfg.CertDomains(), OnDemand: t.OnDemand, OnDemandHosts: cfg.CertHosts(),
+		Email: t.Email, CA: t.CA, CARoot: t.CARoot, Profile: t.Profile,
+		HTTPAddr: cfg.Listen.HTTP, HTTPSAddr: cfg.Listen.HTTPS, DisableHTTPChallenge: cfg.Listen.HTTP == "",
+		Storage: certs.StorageConfig{
+			Kind: t.Storage, Prefix: t.StoragePrefix, KeyFile: t.StorageKeyFile,
+			Plaintext: t.StoragePlaintext, LockTTL: t.StorageLockTTL.D(), Path: t.StoragePath,
+		},
+		HSTS: t.HSTS.D(), HSTSIncludeSubdomains: t.HSTSIncludeSubdomains,
+		Logger: log,
+	}
 }
 
 // ConsulClient makes a Consul client from the environment (CONSUL_HTTP_ADDR,
@@ -329,7 +353,17 @@ func (l *LB) Start(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 	}
 	l.wg.Go(func() { l.serveErr("admin", l.adminSrv.Serve(l.adminLn)) })
-	if l.httpLn != nil {
+	switch {
+	case l.httpLn != nil && l.certs != nil:
+		// With TLS, :80 answers ACME HTTP-01 challenges and redirects the
+		// rest to https (308); it proxies nothing.
+		l.redirectSrv = &http.Server{
+			Handler: l.certs.HTTPHandler(nil), ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout: cfg.Proxy.IdleTimeout.D(), MaxHeaderBytes: cfg.Proxy.MaxHeaderBytes,
+			ErrorLog: slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		}
+		l.wg.Go(func() { l.serveErr("http", l.redirectSrv.Serve(l.httpLn)) })
+	case l.httpLn != nil:
 		l.fast = l.proxy.NewFastServer(sopt)
 		l.wg.Go(func() { l.serveErr("http", l.fast.Serve(l.httpLn)) })
 	}
@@ -339,6 +373,14 @@ func (l *LB) Start(ctx context.Context) error {
 			IdleTimeout: cfg.Proxy.IdleTimeout.D(), Logger: l.log,
 		}
 		l.wg.Go(func() { l.serveErr("https", l.tlsSrv.Serve(l.httpsLn)) })
+	}
+	if l.certs != nil {
+		// After the listeners: challenges are answered on them.
+		if err := l.certs.Start(dctx); err != nil {
+			stopDiscovery()
+			closeAll()
+			return err
+		}
 	}
 	regCtx, stopRegister := context.WithCancel(ctx)
 	regDone := make(chan struct{})
@@ -401,6 +443,9 @@ func (l *LB) drain(stopRegister context.CancelFunc, regDone <-chan struct{}) {
 			}
 		})
 	}
+	if l.redirectSrv != nil {
+		wg.Go(func() { _ = l.redirectSrv.Shutdown(grace) })
+	}
 	if l.tlsSrv != nil {
 		wg.Go(func() {
 			if err := l.tlsSrv.Shutdown(grace); err != nil {
@@ -413,6 +458,9 @@ func (l *LB) drain(stopRegister context.CancelFunc, regDone <-chan struct{}) {
 		l.log.Info("closing relayed (WebSocket) connections", "count", n)
 	}
 	l.proxy.Drain()
+	if l.certs != nil {
+		l.certs.Stop() // releases this instance's storage locks, stops renewal
+	}
 	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = l.adminSrv.Shutdown(actx)
 	acancel()

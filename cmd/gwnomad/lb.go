@@ -42,6 +42,16 @@ Examples:
   gwnomad lb --route gw.am.wso2.com=apim-gateway --http :8080 --access-log -
   gwnomad lb --config lb.toml --tls-mode files --cert gw.crt --key gw.key --https :8443
   gwnomad lb --config lb.toml --check     # validate the configuration and exit
+  GWNOMAD_LB_STORAGE_KEY=$(cat /etc/gwnomad/storage.key) \
+    gwnomad lb --config lb.toml --tls-mode acme --acme-email sre@example.com
+
+TLS: with tls.mode = "acme" the balancer obtains and renews certificates for
+the route hosts (or tls.domains) itself, answering HTTP-01 on listen.http and
+TLS-ALPN-01 on listen.https; every LB instance shares them through Consul KV
+(tls.storage = "consul", values encrypted with the key in tls.storage_key_file
+or GWNOMAD_LB_STORAGE_KEY: 32 bytes, base64; make one with
+'head -c 32 /dev/urandom | base64'), and one instance orders at a time. With
+files or acme, listen.http redirects everything else to https (308).
 
 Flags:
 `
@@ -59,7 +69,9 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		httpsAddr = fs.String("https", "", "HTTPS listen `address` (overrides listen.https)")
 		adminAddr = fs.String("admin", "", "admin listen `address` (overrides listen.admin)")
 		consul    = fs.String("consul", "", "Consul HTTP `address` (overrides consul.address and CONSUL_HTTP_ADDR)")
-		tlsMode   = fs.String("tls-mode", "", "`mode`: off | files (overrides tls.mode)")
+		tlsMode   = fs.String("tls-mode", "", "`mode`: off | files | acme (overrides tls.mode)")
+		acmeCA    = fs.String("acme-ca", "", "ACME directory `URL` for --tls-mode acme (overrides tls.ca)")
+		acmeEmail = fs.String("acme-email", "", "ACME account contact `address` (overrides tls.email)")
 		certFile  = fs.String("cert", "", "certificate `file` for --tls-mode files")
 		keyFile   = fs.String("key", "", "key `file` for --tls-mode files")
 		accessLog = fs.String("access-log", "", "access log: `path`, \"-\" for stdout, \"off\"")
@@ -102,6 +114,8 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	set(&cfg.TLS.Mode, *tlsMode)
 	set(&cfg.TLS.CertFile, *certFile)
 	set(&cfg.TLS.KeyFile, *keyFile)
+	set(&cfg.TLS.CA, *acmeCA)
+	set(&cfg.TLS.Email, *acmeEmail)
 	set(&cfg.Log.AccessLog, *accessLog)
 	if cfg.Log.AccessLog == "off" {
 		cfg.Log.AccessLog = ""

@@ -134,11 +134,46 @@ type Health struct {
 	MaxEjectedPercent int `toml:"max_ejected_percent"` // default 50
 }
 
-// TLS is the client-facing TLS.
+// TLS is the client-facing TLS. With mode files or acme, listen.http
+// answers ACME HTTP-01 challenges and redirects everything else to https
+// (308, path and query kept).
 type TLS struct {
-	Mode     string `toml:"mode"`      // default "off": off | files | acme (acme: a later issue)
+	Mode string `toml:"mode"` // default "off": off | files | acme
+
+	// mode = "files": a PEM pair, reloaded when the files change.
 	CertFile string `toml:"cert_file"` // default ""
 	KeyFile  string `toml:"key_file"`  // default ""
+
+	// mode = "acme": certificates obtained and renewed with certmagic.
+	Domains []string `toml:"domains"` // default []: every route host without "*"
+	Email   string   `toml:"email"`   // default "": the ACME account's contact
+	CA      string   `toml:"ca"`      // default "https://acme-v02.api.letsencrypt.org/directory"
+	// CARoot is a PEM file trusted (beside the system roots) for the ACME
+	// server's own HTTPS: a private ACME CA.
+	CARoot string `toml:"ca_root"` // default ""
+	// Profile is the ACME certificate profile to ask for, e.g. "shortlived".
+	Profile string `toml:"profile"` // default "" (the CA's default)
+	// OnDemand also obtains certificates at the first handshake, only for
+	// names a route lists ("*.example.com" included; "*" never).
+	OnDemand bool `toml:"on_demand"` // default false
+
+	// Storage of certificates, keys and the ACME account: "consul" (shared by
+	// every LB instance, values encrypted with AES-GCM, one instance orders
+	// at a time through Consul session locks) or "file".
+	Storage       string `toml:"storage"`        // default "consul"
+	StoragePrefix string `toml:"storage_prefix"` // default "gwnomad/lb/certmagic"
+	// StorageKeyFile holds the 32-byte encryption key, base64 (first line
+	// encrypts, every line decrypts: rotation). Empty: the environment
+	// variable GWNOMAD_LB_STORAGE_KEY. Neither and no storage_plaintext is
+	// an error.
+	StorageKeyFile   string   `toml:"storage_key_file"`  // default ""
+	StoragePlaintext bool     `toml:"storage_plaintext"` // default false
+	StoragePath      string   `toml:"storage_path"`      // default "/var/lib/gwnomad/lb/certmagic" (storage = "file")
+	StorageLockTTL   Duration `toml:"storage_lock_ttl"`  // default "15s" (Consul's minimum is 10s)
+
+	// HSTS is the max-age of Strict-Transport-Security on HTTPS answers.
+	HSTS                  Duration `toml:"hsts"`                    // default "0s": no header
+	HSTSIncludeSubdomains bool     `toml:"hsts_include_subdomains"` // default false
 }
 
 // Log is logging.
@@ -205,7 +240,11 @@ func Default() *Config {
 			MaxEjection:         Duration(60 * time.Second),
 			MaxEjectedPercent:   50,
 		},
-		TLS: TLS{Mode: "off"},
+		TLS: TLS{
+			Mode: "off", CA: "https://acme-v02.api.letsencrypt.org/directory",
+			Storage: "consul", StoragePrefix: "gwnomad/lb/certmagic",
+			StoragePath: "/var/lib/gwnomad/lb/certmagic", StorageLockTTL: Duration(15 * time.Second),
+		},
 		Log: Log{Level: "info"},
 	}
 }
@@ -287,10 +326,26 @@ func (c *Config) Validate() error {
 			bad("tls: mode \"files\" needs cert_file and key_file")
 		}
 	case "acme":
-		// The certificate manager is plugged in by the caller (lb.WithTLSConfig).
 		checkAddr("https", c.Listen.HTTPS, true)
+		if c.TLS.Storage != "consul" && c.TLS.Storage != "file" {
+			bad("tls.storage %q: want consul or file", c.TLS.Storage)
+		}
+		if c.TLS.StorageLockTTL.D() < 10*time.Second {
+			bad("tls.storage_lock_ttl %s: at least 10s (Consul's minimum session TTL)", c.TLS.StorageLockTTL)
+		}
+		for _, d := range c.TLS.Domains {
+			if strings.Contains(d, "*") {
+				bad("tls.domains %q: wildcard certificates need DNS-01, which is not supported; use on_demand", d)
+			}
+		}
+		if len(c.TLS.Domains) == 0 && !c.TLS.OnDemand && len(acmeHosts(c)) == 0 {
+			bad("tls: mode \"acme\" needs domains, a route host without \"*\", or on_demand")
+		}
 	default:
 		bad("tls.mode %q: want off, files or acme", c.TLS.Mode)
+	}
+	if c.TLS.HSTS < 0 {
+		bad("tls.hsts %s: must not be negative", c.TLS.HSTS)
 	}
 	if c.Proxy.Tries < 1 {
 		bad("proxy.tries %d: at least 1", c.Proxy.Tries)
@@ -438,4 +493,36 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// acmeHosts are the route hosts a certificate can be ordered for (no "*").
+func acmeHosts(c *Config) []string {
+	var hs []string
+	for _, r := range c.Routes {
+		for _, h := range r.Hosts {
+			if !strings.Contains(h, "*") {
+				hs = append(hs, h)
+			}
+		}
+	}
+	return hs
+}
+
+// CertDomains are the names whose certificates mode acme obtains at start:
+// tls.domains, else every route host without "*".
+func (c *Config) CertDomains() []string {
+	if len(c.TLS.Domains) > 0 {
+		return c.TLS.Domains
+	}
+	return acmeHosts(c)
+}
+
+// CertHosts are the names allowed on demand: every route host (patterns
+// included) and tls.domains.
+func (c *Config) CertHosts() []string {
+	var hs []string
+	for _, r := range c.Routes {
+		hs = append(hs, r.Hosts...)
+	}
+	return append(hs, c.TLS.Domains...)
 }
