@@ -26,6 +26,7 @@ const (
 	EventSummary     = "summary"     // the end (Summary set)
 	EventInterrupted = "interrupted" // monitoring stopped; the deployment goes on
 	EventMessage     = "message"     // anything else worth a line
+	EventError       = "error"       // the command failed (-o json: its last line)
 )
 
 // Event is one thing that happened during a deploy or a stop. With -o json

@@ -297,8 +297,12 @@ func writeRows(w io.Writer, rows []NodeRow) {
 		if up == "" {
 			up = "-"
 		}
+		state := r.Nomad
+		if r.Desired != "" && r.Desired != "run" {
+			state += " (" + r.Desired + ")"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Alloc, r.Node, orDash(r.Address), portsString(r.Ports),
-			r.Nomad, r.Liveness, r.Readiness, v, up)
+			state, r.Liveness, r.Readiness, v, up)
 	}
 	tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/gwnomad/gwnomad/scheduler"
 	"github.com/gwnomad/gwnomad/spec"
@@ -87,13 +88,16 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if !ok {
 		return exitInvalid
 	}
-	_, err := c.Deploy(ctx, scheduler.DeployOptions{
-		Detach: *detach, AutoPromote: *autoPromote, Report: reporter(*out, stdout),
-	})
+	rep := reporter(*out, stdout)
+	_, err := c.Deploy(ctx, scheduler.DeployOptions{Detach: *detach, AutoPromote: *autoPromote, Report: rep})
 	if err != nil && scheduler.NothingChanged(err) {
 		err = fmt.Errorf("%w\nnothing was changed: no KV value written, no job registered", err)
 	}
-	return exitFor("deploy", c, err, stderr)
+	code := exitFor("deploy", c, err, stderr)
+	if err != nil && *out == "json" { // the last line of the stream says how it ended
+		rep.Report(scheduler.Event{Time: time.Now(), Type: scheduler.EventError, Message: err.Error(), Lines: []string{fmt.Sprintf("exit %d", code)}})
+	}
+	return code
 }
 
 // parseFlags parses a command's flags; ok false means return code.

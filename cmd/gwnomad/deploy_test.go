@@ -319,9 +319,12 @@ func TestDeployEndToEnd(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-		code, out, errs := gw(t, "deploy", "-f", broken)
+		code, out, errs := gw(t, "deploy", "-f", broken, "-o", "json")
 		if code != exitUnreachable {
 			t.Fatalf("deploy: exit %d, want 4\n%s\n%s", code, out, errs)
+		}
+		if evs := parseEvents(t, out); evs[len(evs)-1].Type != scheduler.EventError {
+			t.Errorf("the JSON stream does not end with the error: %+v", evs[len(evs)-1])
 		}
 		if !strings.Contains(errs, "Nomad at http://"+st.NomadServer.HTTPAddr+" is unreachable") || !strings.Contains(errs, "nothing was changed") {
 			t.Errorf("unclear message:\n%s", errs)
