@@ -55,9 +55,18 @@ Commands:
 	fmt.Fprintf(w, `
 Run 'gwnomad <command> --help' for a command's flags and examples.
 
-Environment: NOMAD_ADDR, NOMAD_TOKEN, NOMAD_REGION, NOMAD_NAMESPACE, NOMAD_CACERT,
-NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY, CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT,
-CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_SSL.
+Environment (overrides the spec's [nomad] and [consul] tables): NOMAD_ADDR,
+NOMAD_TOKEN, NOMAD_CACERT, NOMAD_CAPATH, NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY,
+NOMAD_TLS_SERVER_NAME, NOMAD_SKIP_VERIFY, CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
+CONSUL_CACERT, CONSUL_CAPATH, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY,
+CONSUL_HTTP_SSL. The region and namespace always come from the spec's
+[cluster] table, so every command looks where the job lives.
+
+Examples:
+  make demo                                   # a local stack with everything running
+  gwnomad init && gwnomad plan && gwnomad deploy
+  gwnomad status -o json
+  gwnomad lb --config /etc/gwnomad/lb.toml
 
 Exit codes: 0 ok; 1 deployment failed (plan: changes); 2 placement failed;
 3 invalid input or spec; 4 Nomad or Consul unreachable / permission denied.
