@@ -87,6 +87,7 @@ type options struct {
 	profileMode string
 	keep        bool
 	noHalf      bool
+	lbEnv       string
 }
 
 func main() {
@@ -105,6 +106,7 @@ func main() {
 	flag.StringVar(&o.profileMode, "profile-mode", "plain", "plain | tls: what the profile run loads")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.noHalf, "no-half", false, "skip the half-load latency runs")
+	flag.StringVar(&o.lbEnv, "gwnomad-env", "", "extra environment of the gwnomad process, comma-separated (experiments, e.g. GOMAXPROCS=1)")
 	flag.Parse()
 	o.targets = strings.Split(targets, ",")
 	if o.label == "" {
@@ -222,7 +224,11 @@ func (r *rig) setup(ctx context.Context, o options) error {
 		var err error
 		switch name {
 		case "gwnomad":
-			t, err = r.startGwnomad(ctx, o.profile != "")
+			var env []string
+			if o.lbEnv != "" {
+				env = strings.Split(o.lbEnv, ",")
+			}
+			t, err = r.startGwnomad(ctx, o.profile != "", env)
 		case "haproxy":
 			t, err = r.startHAProxy()
 		case "caddy":
@@ -383,7 +389,7 @@ func (r *rig) writeCert() error {
 
 func freePorts(n int) ([]int, error) { return devstack.FreePorts(n) }
 
-func (r *rig) startGwnomad(ctx context.Context, inProcess bool) (*target, error) {
+func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string) (*target, error) {
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
@@ -435,7 +441,7 @@ policy = "round_robin"
 		t.pid = os.Getpid()
 		return t, nil
 	}
-	c, _, err := r.start(filepath.Join(r.bin, "gwnomad"), nil, "lb", "--config", r.lbCfg)
+	c, _, err := r.start(filepath.Join(r.bin, "gwnomad"), env, "lb", "--config", r.lbCfg)
 	if err != nil {
 		return nil, err
 	}
