@@ -6,18 +6,28 @@
 // stream of GETs through the balancer, prints sent / failed / retried, and
 // fails on any failed request.
 //
-// It needs the agents (make tools) and root (the exec driver); -short skips
-// it. It takes about 6 minutes on 2 cores.
+// Scenarios, in order, on one cluster: a rolling deploy of a config change,
+// SIGKILL of one gateway, the Consul agent the balancer talks to stopped for
+// 60 s, a whole node killed (Nomad client, its Consul agent and its gateway)
+// with the gateway rescheduled on the spare client, and one gateway task's
+// view of the shared directory made unreadable (breakdir, inside that task's
+// mount namespace, since all clients share one directory on this machine).
+//
+// It needs the agents (make tools), root (the exec driver, nsenter) and the
+// go command (it builds breakdir); -short skips it. It takes about 5 minutes
+// on 2 cores.
 package resilience
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -216,12 +226,135 @@ func TestResilience(t *testing.T) {
 	})
 
 	t.Run("shared directory unreadable on one client", func(t *testing.T) {
-		// Not possible on this machine yet; see the report in BENCHMARKS.md
-		// ("Resilience suite"): the simulator keeps serving its last
-		// artifact table when its directory becomes unreadable, so its
-		// readiness never fails, and every client shares one directory.
-		t.Skip("needs gatewaysim readiness to fail on an unreadable artifact directory, and a per-client view of the shared directory")
+		// All clients share one directory here, so it is made unreadable
+		// in one gateway task's mount namespace only: a tmpfs over
+		// synapse-configs/default holding a *file* named api, so the
+		// simulator's scan fails (ENOTDIR) as it would on a stale mount.
+		c := newClient(t, v1)
+		var row scheduler.NodeRow
+		for _, r := range status(t, c).Nodes {
+			if r.Ready() {
+				row = r
+				break
+			}
+		}
+		if row.AllocID == "" {
+			t.Fatal("no ready node")
+		}
+		pid := gatewayPid(t, row.AllocID, 0)
+		helper := filepath.Join(t.TempDir(), "breakdir")
+		build := exec.Command("go", "build", "-o", helper, "./breakdir")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build breakdir: %v\n%s", err, out)
+		}
+		inTask := "/.gwnomad-breakdir"
+		b, err := os.ReadFile(helper)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/root%s", pid, inTask), b, 0o755); err != nil {
+			t.Fatalf("copy the helper into the task's root: %v", err)
+		}
+		apiDir := filepath.Join(v1.Gateway.Home, gatewaysim.APIDirRelPath)
+		nsenter := func(action string) error {
+			out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-m", inTask, action, apiDir).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("nsenter %s: %w: %s", action, err, out)
+			}
+			return nil
+		}
+		ld := startLoad(t, l)
+		ld.runFor(2 * time.Second)
+		t.Logf("making %s unreadable for %s only (alloc %s, pid %d)", apiDir, row.Node, row.Alloc, pid)
+		if err := nsenter("break"); err != nil {
+			t.Fatal(err)
+		}
+		restored := false
+		defer func() {
+			if !restored {
+				_ = nsenter("restore")
+			}
+		}()
+		testenv.WaitFor(t, 60*time.Second, "gwnomad status reports "+row.Node+" unhealthy", func() error {
+			cmd := exec.Command(filepath.Join(binDir(t), "gwnomad"), "status", "-o", "json")
+			out, err := cmd.Output()
+			var ee *exec.ExitError
+			if err != nil && !errors.As(err, &ee) {
+				return err
+			}
+			var st scheduler.Status
+			if err := json.Unmarshal(out, &st); err != nil {
+				return fmt.Errorf("status output: %w: %s", err, out)
+			}
+			if cmd.ProcessState.ExitCode() != 1 {
+				return fmt.Errorf("exit code %d, want 1 (not every node ready)", cmd.ProcessState.ExitCode())
+			}
+			for _, r := range st.Nodes {
+				if r.AllocID == row.AllocID {
+					if r.Readiness == "passing" {
+						return errors.New("readiness still passing")
+					}
+					t.Logf("gwnomad status: %s readiness %s: %s", r.Node, r.Readiness, r.ReadinessOutput)
+					return nil
+				}
+			}
+			return errors.New("node not listed")
+		})
+		testenv.WaitFor(t, 30*time.Second, "the balancer's table without "+row.Node, func() error {
+			for _, m := range l.Table().Routes[0].Members {
+				if strings.Contains(m.ID, row.AllocID) {
+					return fmt.Errorf("%s still in the table", m.ID)
+				}
+			}
+			return nil
+		})
+		for i := range 60 {
+			node, err := getNode(l)
+			if err != nil {
+				t.Fatalf("request %d: %v", i, err)
+			}
+			if node == row.Node {
+				t.Fatalf("request %d answered by %s, whose directory is unreadable", i, node)
+			}
+		}
+		if err := nsenter("restore"); err != nil {
+			t.Fatal(err)
+		}
+		restored = true
+		waitPassing(t, consul, v1.Gateway.Service, 3, nil)
+		ld.runFor(2 * time.Second)
+		ld.stop(t, "unreadable shared directory")
 	})
+}
+
+func binDir(t *testing.T) string {
+	t.Helper()
+	d, err := devstack.FindBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// getNode sends one GET through the balancer and returns the node that
+// answered.
+func getNode(l *lb.LB) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+l.Addrs().HTTP+apiPath, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Host = host
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return resp.Header.Get(gatewaysim.NodeHeader), nil
 }
 
 func parseSpec(t *testing.T, toml string) *spec.Spec {
