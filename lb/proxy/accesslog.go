@@ -60,7 +60,7 @@ func (l *AccessLog) Flush() {
 
 // Entry is one request. Byte slices are only read during Write.
 type Entry struct {
-	Start                    time.Time
+	Start time.Time
 	// Duration is the request's time so far; 0: measured by Write.
 	Duration                 time.Duration
 	Remote                   netip.Addr

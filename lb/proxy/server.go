@@ -43,6 +43,7 @@ func (p *Proxy) NewFastServer(o ServerOptions) *fasthttp.Server {
 		MaxRequestBodySize:           o.MaxBodyBytes,
 		Concurrency:                  o.MaxConns,
 		TCPKeepalive:                 true,
+		ReduceMemoryUsage:            true,
 		Logger:                       fastLogger{p.log},
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			var big *fasthttp.ErrSmallBuffer
