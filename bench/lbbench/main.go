@@ -143,6 +143,7 @@ type backend struct {
 type target struct {
 	name      string
 	pid       int // the proxy process (0: in this process)
+	tlsPid    int // the proxy process of the TLS runs, when not pid
 	plain     string
 	tls       string
 	isDirect  bool
@@ -228,7 +229,7 @@ func (r *rig) setup(ctx context.Context, o options) error {
 			if o.lbEnv != "" {
 				env = strings.Split(o.lbEnv, ",")
 			}
-			t, err = r.startGwnomad(ctx, o.profile != "", env)
+			t, err = r.startGwnomad(ctx, o.profile != "", env, o.profileMode)
 		case "haproxy":
 			t, err = r.startHAProxy()
 		case "caddy":
@@ -246,7 +247,7 @@ func (r *rig) setup(ctx context.Context, o options) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		r.targets = append(r.targets, t)
-		logf("%s serving: %s and %s (pid %d)", t.name, t.plain, t.tls, t.pid)
+		logf("%s serving: %s and %s (pid %d %d)", t.name, t.plain, t.tls, t.pid, t.tlsPid)
 	}
 	return nil
 }
@@ -389,26 +390,40 @@ func (r *rig) writeCert() error {
 
 func freePorts(n int) ([]int, error) { return devstack.FreePorts(n) }
 
-func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string) (*target, error) {
-	ports, err := freePorts(3)
-	if err != nil {
-		return nil, err
-	}
+// startGwnomad starts two balancers with one configuration but for
+// the listeners: with tls.mode files, gwnomad's HTTP listener only answers
+// ACME challenges and redirects to HTTPS (308), so plain HTTP proxying is
+// measured on a second process with tls.mode off. In-process (profiling)
+// runs one balancer: the plain one, or the TLS one for -profile-mode tls.
+func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string, profileMode string) (*target, error) {
 	accessLog := filepath.Join(r.dir, "gwnomad-access.log")
-	cfg := fmt.Sprintf(`# gwnomad lb for the benchmark: every feature of the LB on.
+	t := &target{name: "gwnomad", accessLog: accessLog}
+	for _, mode := range []string{"plain", "tls"} {
+		if inProcess && mode != profileMode {
+			continue
+		}
+		ports, err := freePorts(2)
+		if err != nil {
+			return nil, err
+		}
+		listen := fmt.Sprintf("http = \"127.0.0.1:%d\"\nhttps = \"\"\nadmin = \"127.0.0.1:%d\"", ports[0], ports[1])
+		tlsCfg := "mode = \"off\""
+		if mode == "tls" {
+			listen = fmt.Sprintf("http = \"\"\nhttps = \"127.0.0.1:%d\"\nadmin = \"127.0.0.1:%d\"", ports[0], ports[1])
+			tlsCfg = fmt.Sprintf("mode = \"files\"\ncert_file = %q\nkey_file = %q", r.certFile, r.keyFile)
+		}
+		cfg := fmt.Sprintf(`# gwnomad lb for the benchmark (%s): every feature of the LB on
+# (discovery, passive health, retries, forwarded headers, access log, metrics).
 [listen]
-http = "127.0.0.1:%d"
-https = "127.0.0.1:%d"
-admin = "127.0.0.1:%d"
+%s
 
 [consul]
 address = %q
 register = true
+service_id = "gwnomad-lb-bench-%s"
 
 [tls]
-mode = "files"
-cert_file = %q
-key_file = %q
+%s
 
 [log]
 level = "warn"
@@ -419,33 +434,53 @@ hosts = ["*"]
 service = "apim-gateway"
 port = "passthru_http"
 policy = "round_robin"
-`, ports[0], ports[1], ports[2], r.stack.Consul.HTTPAddr, r.certFile, r.keyFile, accessLog)
-	r.lbCfg = filepath.Join(r.dir, "lb.toml")
-	if err := os.WriteFile(r.lbCfg, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	t := &target{name: "gwnomad", plain: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), tls: fmt.Sprintf("https://127.0.0.1:%d", ports[1]), accessLog: accessLog}
-	if inProcess {
-		c, err := config.Load(r.lbCfg)
-		if err != nil {
+`, mode, listen, r.stack.Consul.HTTPAddr, mode, tlsCfg, accessLog+"."+mode)
+		file := filepath.Join(r.dir, "lb-"+mode+".toml")
+		if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
-		l, err := lb.New(c, lb.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
-		if err != nil {
-			return nil, err
+		url := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+		if mode == "tls" {
+			url = fmt.Sprintf("https://127.0.0.1:%d", ports[0])
 		}
-		if err := l.Start(ctx); err != nil {
-			return nil, err
+		pid := os.Getpid()
+		if inProcess {
+			c, err := config.Load(file)
+			if err != nil {
+				return nil, err
+			}
+			l, err := lb.New(c, lb.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+			if err != nil {
+				return nil, err
+			}
+			if err := l.Start(ctx); err != nil {
+				return nil, err
+			}
+			r.inproc = l
+		} else {
+			c, _, err := r.start(filepath.Join(r.bin, "gwnomad"), env, "lb", "--config", file)
+			if err != nil {
+				return nil, err
+			}
+			pid = c.Process.Pid
 		}
-		r.inproc = l
-		t.pid = os.Getpid()
-		return t, nil
+		if mode == "plain" {
+			t.plain, t.pid = url, pid
+		} else {
+			t.tls, t.tlsPid = url, pid
+			if t.pid == 0 {
+				t.pid = pid
+			}
+		}
+		r.lbCfg = file
 	}
-	c, _, err := r.start(filepath.Join(r.bin, "gwnomad"), env, "lb", "--config", r.lbCfg)
-	if err != nil {
-		return nil, err
+	if inProcess { // one mode only: the other URL is the same balancer
+		if t.plain == "" {
+			t.plain = t.tls
+		} else {
+			t.tls = t.plain
+		}
 	}
-	t.pid = c.Process.Pid
 	return t, nil
 }
 
@@ -561,7 +596,7 @@ https://127.0.0.1:%d {
 // waitServing waits until both URLs answer 200 with a 1 KiB body over TLS
 // 1.3, and (for the proxies) until all three gateways answered.
 func waitServing(ctx context.Context, t *target) error {
-	cl := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+	cl := &http.Client{Timeout: 2 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // self-signed benchmark certificate
 	}}
 	return poll(ctx, 60*time.Second, t.name+" serving", func() error {
@@ -684,9 +719,12 @@ var wrkRE = regexp.MustCompile(`WRKRESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\
 
 // wrk runs one load and measures the proxy's CPU around it.
 func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time.Duration, rate float64) (sample, error) {
-	url := t.plain
+	url, pid := t.plain, t.pid
 	if mode == "tls" {
 		url = t.tls
+		if t.tlsPid != 0 {
+			pid = t.tlsPid
+		}
 	}
 	script := filepath.Join(r.dir, "report.lua")
 	var env []string
@@ -697,7 +735,7 @@ func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time
 		env = append(env, fmt.Sprintf("WRK_DELAY_MS=%.4f", float64(o.conns)*1000/rate))
 	}
 	args := []string{"-t", strconv.Itoa(o.threads), "-c", strconv.Itoa(o.conns), "-d", fmt.Sprintf("%ds", int(d.Seconds())), "--latency", "-s", script, url + path}
-	pids := []int{t.pid}
+	pids := []int{pid}
 	for _, b := range r.backends {
 		pids = append(pids, b.cmd.Process.Pid)
 	}
@@ -709,14 +747,14 @@ func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time
 		}
 		before[i] = v
 	}
-	io0 := ioCalls(t.pid)
+	io0 := ioCalls(pid)
 	cmd := exec.CommandContext(ctx, "wrk", args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return sample{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	s := sample{Target: t.name, Mode: mode, Load: "peak", Rate: rate, IOCalls: ioCalls(t.pid) - io0}
+	s := sample{Target: t.name, Mode: mode, Load: "peak", Rate: rate, IOCalls: ioCalls(pid) - io0}
 	if rate > 0 {
 		s.Load = "half"
 	}
@@ -809,8 +847,10 @@ func (r *rig) measure(ctx context.Context, o options) (*results, error) {
 	res.end = time.Now()
 	if t := r.find("gwnomad"); t != nil && t.accessLog != "" {
 		// Prove the access log was on: it must hold a line per request.
-		if fi, err := os.Stat(t.accessLog); err != nil || fi.Size() == 0 {
-			return nil, fmt.Errorf("gwnomad access log %s empty or missing: %v", t.accessLog, err)
+		for _, m := range modes {
+			if fi, err := os.Stat(t.accessLog + "." + m); err != nil || fi.Size() == 0 {
+				return nil, fmt.Errorf("gwnomad access log %s.%s empty or missing: %v", t.accessLog, m, err)
+			}
 		}
 	}
 	return res, nil
@@ -906,6 +946,12 @@ func report(o options, r *rig, res *results) error {
 	}
 	if err := os.WriteFile(filepath.Join(o.resultsDir, o.label+".tsv"), []byte(tsv.String()), 0o644); err != nil {
 		return err
+	}
+	// The proxies' configurations of this run, beside its results.
+	for _, f := range []string{"haproxy.cfg", "Caddyfile", "lb-plain.toml", "lb-tls.toml", "report.lua", "rate.lua"} {
+		if b, err := os.ReadFile(filepath.Join(r.dir, f)); err == nil {
+			_ = os.WriteFile(filepath.Join(o.resultsDir, o.label+"."+f), []byte(strings.ReplaceAll(string(b), r.dir, "$WORK")), 0o644)
+		}
 	}
 	fmt.Println(md)
 	logf("results: %s", raw)
