@@ -47,11 +47,11 @@ clean:
 	rm -rf $(BIN) .demo
 
 # gwnomad lb vs HAProxy, Caddy and direct (wrk); tables into BENCHMARKS.md.
-# About 11 minutes; see BENCHMARKS.md.
+# About 9 minutes; see BENCHMARKS.md.
 bench: build tools
 	bench/run.sh $(BENCH_ARGS)
 
-# Zero-error scenarios under load on real Consul + Nomad (about 10 minutes).
+# Zero-error scenarios under load on real Consul + Nomad (about 5 minutes).
 resilience: build tools
 	$(GO) test -count=1 -timeout 30m -v ./resilience/
 
