@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: all build tools test test-short demo demo-down bench resilience fuzz vet clean
+.PHONY: all build tools test test-short demo demo-down bench resilience fuzz lint clean
 
 all: build tools
 
@@ -27,10 +27,15 @@ PEBBLE_VERSION := $(shell awk '$$1=="github.com/letsencrypt/pebble/v2"{print $$2
 $(BIN)/pebble: tools/pebble/go.mod
 	cd tools/pebble && GOBIN=$(BIN) $(GO) install -ldflags "-X main.version=$(PEBBLE_VERSION)" tool
 
-# Unit and integration tests against real Consul, Nomad and Pebble.
-test: build tools
+# What CI runs: static checks, unit and integration tests against real
+# Consul, Nomad, Pebble and Chromium (the resilience suite included: about
+# 5 of its ~15 minutes), then every fuzz target briefly. Packages run one at
+# a time (-p 1): each starts its own agents, and the machine has 2 cores.
+test: build tools $(BIN)/staticcheck
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 25m -p 1 ./...
+	$(BIN)/staticcheck ./...
+	$(GO) test -count=1 -timeout 40m -p 1 ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
 # Unit tests only (no agents).
 test-short: build
@@ -62,7 +67,9 @@ fuzz:
 	$(GO) test ./lb/balancer -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/gatewaysim -run '^$$' -fuzz '^FuzzParseAPI$$' -fuzztime $(FUZZTIME)
 
-# go vet, staticcheck and govulncheck (installed into bin/ from the Go module proxy).
+# go vet, staticcheck and govulncheck (installed into bin/ from the Go module
+# proxy). govulncheck needs the Go vulnerability database, which this project's
+# CI cannot reach: it runs here, not in `make test`.
 STATICCHECK_VERSION ?= v0.8.2
 lint: $(BIN)/staticcheck $(BIN)/govulncheck
 	$(GO) vet ./...

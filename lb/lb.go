@@ -184,6 +184,9 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		return nil, err
 	}
 	popt.Logger, popt.AccessLog, popt.Metrics = l.log, l.accessLog, proxy.NewMetrics(l.reg)
+	if l.certs != nil {
+		popt.HSTS = l.certs.HSTSHeader()
+	}
 	l.proxy = proxy.New(&l.table, popt)
 	l.builder = balancer.NewBuilder(cfg.Routes, balancer.Health{
 		ConsecutiveFailures: cfg.Health.ConsecutiveFailures, BaseEjection: cfg.Health.BaseEjection.D(),

@@ -625,7 +625,8 @@ func TestTLSFilesServesHTTP2AndHTTP1(t *testing.T) {
 	certFile, keyFile, pool := writeCert(t, t.TempDir())
 	l, _ := startLBWith(t, st, "p2c", func(cfg *config.Config) {
 		cfg.Listen.HTTPS = "127.0.0.1:0"
-		cfg.TLS = config.TLS{Mode: "files", CertFile: certFile, KeyFile: keyFile}
+		cfg.TLS.Mode, cfg.TLS.CertFile, cfg.TLS.KeyFile = "files", certFile, keyFile
+		cfg.TLS.HSTS = config.Duration(365 * 24 * time.Hour)
 	})
 	waitInstances(t, l, 30*time.Second, "gw-1")
 	for _, h2 := range []bool{true, false} {
@@ -646,6 +647,9 @@ func TestTLSFilesServesHTTP2AndHTTP1(t *testing.T) {
 		want := map[bool]string{true: "HTTP/2.0", false: "HTTP/1.1"}[h2]
 		if resp.StatusCode != 200 || string(b) != "gw-1" || resp.Proto != want {
 			t.Errorf("h2=%v: %d %q %s", h2, resp.StatusCode, b, resp.Proto)
+		}
+		if got := resp.Header.Get("Strict-Transport-Security"); got != "max-age=31536000" {
+			t.Errorf("h2=%v: Strict-Transport-Security %q", h2, got)
 		}
 	}
 }

@@ -45,12 +45,12 @@ func New(s *spec.Spec) (*Client, error) {
 	ncfg := s.NomadConfig()
 	nomad, err := nomadapi.NewClient(ncfg)
 	if err != nil {
-		return nil, &InvalidError{Err: fmt.Errorf("Nomad client: %w", err)}
+		return nil, &InvalidError{Err: fmt.Errorf("nomad client: %w", err)}
 	}
 	ccfg := s.ConsulConfig()
 	consul, err := consulapi.NewClient(ccfg)
 	if err != nil {
-		return nil, &InvalidError{Err: fmt.Errorf("Consul client: %w", err)}
+		return nil, &InvalidError{Err: fmt.Errorf("consul client: %w", err)}
 	}
 	caddr := ccfg.Address
 	if ccfg.Scheme == "https" {

@@ -129,12 +129,6 @@ func (f *lbFront) manager() *Manager {
 	return f.mgr
 }
 
-func (f *lbFront) setManager(m *Manager) {
-	f.mu.Lock()
-	f.mgr = m
-	f.mu.Unlock()
-}
-
 func serveFront(t *testing.T, e *acmeEnv, m *Manager, gate func(kind string) error) *lbFront {
 	f := &lbFront{mgr: m, gate: gate}
 	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

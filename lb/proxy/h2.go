@@ -78,6 +78,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 		}
 		h.Add(string(k), string(v))
 	}
+	if p.opt.HSTS != "" && hr.TLS != nil {
+		h.Set("Strict-Transport-Security", p.opt.HSTS)
+	}
 	body := resp.Body()
 	if !resp.SkipBody && hr.Method != http.MethodHead {
 		h.Set("Content-Length", strconv.Itoa(len(body)))

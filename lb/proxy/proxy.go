@@ -63,6 +63,9 @@ type Options struct {
 	Trusted             []netip.Prefix
 	// RetryAfter is the Retry-After value of a 503 without instances.
 	RetryAfter string // default "1"
+	// HSTS is the Strict-Transport-Security value set on answers over TLS;
+	// "" sets none (default).
+	HSTS string
 	// AccessLog receives one JSON line per request; nil: off.
 	AccessLog *AccessLog
 	Logger    *slog.Logger
@@ -404,6 +407,9 @@ func (p *Proxy) ServeFast(ctx *fasthttp.RequestCtx) {
 		p.writeError(&ctx.Response, &o)
 	} else {
 		stripHopResponse(&ctx.Response.Header)
+	}
+	if p.opt.HSTS != "" && ctx.IsTLS() {
+		ctx.Response.Header.Set("Strict-Transport-Security", p.opt.HSTS)
 	}
 	p.done(ctx, r, &o, start)
 }

@@ -1,3 +1,6 @@
+//lint:file-ignore SA1019 net/http serves HTTP/2 only from its own listeners; one TLS listener that
+// hands h2 connections to x/net/http2 and HTTP/1.1 ones to fasthttp needs ServeConn.
+
 package proxy
 
 import (
