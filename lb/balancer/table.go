@@ -158,10 +158,8 @@ func (t *Table) Match(host []byte) *Route {
 // normalizeHost lowercases host and strips a port and a trailing dot into
 // dst (nil when host is too long).
 func normalizeHost(dst, host []byte) []byte {
-	if len(host) > 0 && host[0] == '[' { // [v6]:port
-		if i := bytes.IndexByte(host, ']'); i > 0 {
-			host = host[1:i]
-		}
+	if i := bytes.IndexByte(host, ']'); len(host) > 0 && host[0] == '[' && i > 0 { // [v6]:port
+		host = host[1:i]
 	} else if i := bytes.LastIndexByte(host, ':'); i >= 0 && bytes.IndexByte(host[:i], ':') < 0 {
 		host = host[:i]
 	}
