@@ -16,7 +16,7 @@ service "gwnomad-lb" {
 
 # Certificates shared by every LB instance (encrypted), and the locks that
 # make one instance order a certificate at a time (Consul sessions).
-key_prefix "gwnomad/lb/certs/" {
+key_prefix "gwnomad/lb/certmagic/" {
   policy = "write"
 }
 session_prefix "" {
