@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -37,6 +36,7 @@ import (
 	"github.com/gwnomad/gwnomad/lb"
 	"github.com/gwnomad/gwnomad/lb/admin"
 	"github.com/gwnomad/gwnomad/lb/config"
+	"github.com/gwnomad/gwnomad/lb/lbtest"
 )
 
 const host = "gw.test.local"
@@ -148,17 +148,6 @@ func processGateway(t *testing.T, name string) (*gw, *exec.Cmd) {
 	return &gw{name: name, addr: strings.TrimSpace(line)}, cmd
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // startLB runs a balancer against the stack's Consul, for route host ->
 // apim-gateway.
 func startLB(t *testing.T, st *devstack.Stack, policy string) *lb.LB {
@@ -169,38 +158,11 @@ func startLB(t *testing.T, st *devstack.Stack, policy string) *lb.LB {
 
 func startLBWith(t *testing.T, st *devstack.Stack, policy string, edit func(*config.Config)) (*lb.LB, context.CancelFunc) {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Listen = config.Listen{HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0"}
-	cfg.Consul.Address = st.Consul.HTTPAddr
-	cfg.Consul.CheckInterval = config.Duration(time.Second)
-	cfg.Proxy.GracePeriod = config.Duration(5 * time.Second)
-	cfg.Routes = []config.Route{{Hosts: []string{host}, Policy: policy}}
+	cfg := lbtest.Config(st, config.Route{Hosts: []string{host}, Policy: policy})
 	if edit != nil {
 		edit(cfg)
 	}
-	l, err := lb.New(cfg, lb.WithLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := l.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		done := make(chan error, 1)
-		go func() { done <- l.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("lb: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("lb did not stop")
-		}
-	})
-	return l, cancel
+	return lbtest.Start(t, cfg)
 }
 
 // instances is the live table's instance IDs for the route.

@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,7 +42,7 @@ import (
 	"github.com/gwnomad/gwnomad/internal/gatewaysim"
 	"github.com/gwnomad/gwnomad/internal/testenv"
 	"github.com/gwnomad/gwnomad/lb"
-	"github.com/gwnomad/gwnomad/lb/config"
+	"github.com/gwnomad/gwnomad/lb/lbtest"
 	"github.com/gwnomad/gwnomad/scheduler"
 	"github.com/gwnomad/gwnomad/spec"
 )
@@ -466,43 +465,8 @@ func processAlive(pid int) bool {
 
 func startLB(t *testing.T, st *devstack.Stack, service string) *lb.LB {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Listen = config.Listen{HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0"}
-	cfg.Consul.Address = st.Consul.HTTPAddr
-	cfg.Consul.CheckInterval = config.Duration(time.Second)
-	cfg.Proxy.GracePeriod = config.Duration(5 * time.Second)
-	cfg.Routes = []config.Route{{Hosts: []string{host}, Service: service}}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	l, err := lb.New(cfg, lb.WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := l.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		done := make(chan error, 1)
-		go func() { done <- l.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("lb: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("lb did not stop")
-		}
-	})
+	l, _ := lbtest.Start(t, lbtest.Config(st, lbtest.Route(host, service)))
 	return l
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // load is a steady stream of GETs through the balancer: workers share
