@@ -11,6 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO_DIR:-.demo}
 HOST=gw.am.wso2.com
+if ! command -v curl >/dev/null; then   # the demo's own check, and what it tells you to run
+  echo "== installing curl"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+fi
+for port in 80 443; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && ! [ -f "$DEMO/lb.pid" ]; then
+    echo "port $port is taken by another program: the demo's load balancer needs 80 and 443" >&2; exit 1
+  fi
+done
 bin/devstack up -dir "$DEMO" -clients 3
 # shellcheck disable=SC1091
 source "$DEMO/env"
