@@ -270,7 +270,15 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 			sleep(ctx, 50*time.Millisecond-d)
 		}
 		started = time.Now()
-		insts, newIndex, err := w.Fetcher.Fetch(ctx, q, index, wait)
+		qIndex := index
+		if failures > 0 {
+			// After a failure, ask without blocking: an agent that comes
+			// back with its data (a restart) keeps the same index until
+			// something changes, and a blocking query on it would leave
+			// the table stale for up to WaitTime.
+			qIndex = 0
+		}
+		insts, newIndex, err := w.Fetcher.Fetch(ctx, q, qIndex, wait)
 		if ctx.Err() != nil {
 			return
 		}

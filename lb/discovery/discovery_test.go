@@ -60,6 +60,14 @@ func (f *scriptFetcher) Fetch(ctx context.Context, q Query, index uint64, wait t
 	return f.insts, f.index, nil
 }
 
+// recover clears the error without a change of index: an agent restarted
+// with its data answers with the index it had.
+func (f *scriptFetcher) recover() {
+	f.mu.Lock()
+	f.err = nil
+	f.mu.Unlock()
+}
+
 func inst(id, status string) Instance {
 	return Instance{ID: id, Node: "n", Address: "127.0.0.1", Port: 1, Status: status}
 }
@@ -166,5 +174,28 @@ func TestBackoff(t *testing.T) {
 		if d < want*9/10 || d > want*11/10 {
 			t.Errorf("backoff(%d) = %v, want ~%v", n, d, want)
 		}
+	}
+}
+
+// TestFreshAtOnceAfterAgentRestart: Consul comes back with the index it had;
+// the first query after the outage must not block on that index (the table
+// would stay stale for up to WaitTime, here an hour).
+func TestFreshAtOnceAfterAgentRestart(t *testing.T) {
+	f := newScript()
+	f.set([]Instance{inst("a", "passing")}, nil)
+	rec := &recorder{}
+	run(t, &Watcher{Fetcher: f, Queries: []Query{{Service: "s"}}, OnUpdate: rec.on,
+		WaitTime: time.Hour, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	rec.wait(t, "first answer", func(s *Snapshot) bool { return s.Ready() })
+	f.mu.Lock()
+	f.err = errors.New("connection refused") // the agent stops (no change of index)
+	close(f.changed)                         // wakes the blocking query
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	rec.wait(t, "stale", func(s *Snapshot) bool { return !s.StaleSince.IsZero() })
+	f.recover()
+	s := rec.wait(t, "fresh again", func(s *Snapshot) bool { return s.StaleSince.IsZero() })
+	if ids(s) != "a " {
+		t.Fatalf("after the restart: %q", ids(s))
 	}
 }
