@@ -66,7 +66,15 @@ func TestResilience(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v) // scheduler.New reads NOMAD_ADDR / CONSUL_HTTP_ADDR
 	}
-	apiDir := filepath.Join(st.SharedDir, "synapse-configs", "default", "api")
+	v1 := parseSpec(t, string(spec.DefaultTOML))
+	if v1.Gateway.Count != 3 {
+		t.Fatalf("default spec count %d, want 3", v1.Gateway.Count)
+	}
+	rel, ok := v1.SharedPath(gatewaysim.APIDirRelPath)
+	if !ok {
+		t.Fatalf("the spec does not share %s", gatewaysim.APIDirRelPath)
+	}
+	apiDir := filepath.Join(st.SharedDir, rel)
 	if err := os.MkdirAll(apiDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -75,10 +83,6 @@ func TestResilience(t *testing.T) {
 	}
 	consul := st.ConsulAPI()
 
-	v1 := parseSpec(t, string(spec.DefaultTOML))
-	if v1.Gateway.Count != 3 {
-		t.Fatalf("default spec count %d, want 3", v1.Gateway.Count)
-	}
 	deploy(t, v1)
 	waitPassing(t, consul, v1.Gateway.Service, 3, nil)
 

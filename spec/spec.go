@@ -3,6 +3,7 @@ package spec
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -361,4 +362,20 @@ func countLeaves(m map[string]any) int {
 		}
 	}
 	return n
+}
+
+// SharedPath returns where a path under the gateway home (such as
+// "repository/deployment/server/synapse-configs/default/api") lies inside
+// the shared volume, relative to its root, and false when the path is not on
+// the shared volume.
+func (s *Spec) SharedPath(homeRel string) (string, bool) {
+	mount := strings.Trim(s.SharedVolume.Mount, "/")
+	rel := strings.Trim(homeRel, "/")
+	if rel == mount {
+		return ".", true
+	}
+	if r, ok := strings.CutPrefix(rel, mount+"/"); ok {
+		return r, true
+	}
+	return "", false
 }

@@ -81,9 +81,13 @@ func TestEmbeddedDefaultSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range warns {
-		if w.Key != "shared_volume.mount" {
-			t.Errorf("unexpected warning %v", w)
-		}
+		t.Errorf("the demo spec must not warn: %v", w)
+	}
+	if rel, ok := s.SharedPath("repository/deployment/server/synapse-configs/default/api"); !ok || rel != "default/api" {
+		t.Errorf("SharedPath of the API dir = %q, %v", rel, ok)
+	}
+	if _, ok := s.SharedPath("repository/conf/deployment.toml"); ok {
+		t.Errorf("deployment.toml is not on the shared volume")
 	}
 	g := s.Gateway
 	if g.Count != 3 || g.Driver != "exec" || g.Command != "/opt/gwnomad/bin/gatewaysim" || g.Hostname != "gw.am.wso2.com" {

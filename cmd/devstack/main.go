@@ -26,6 +26,7 @@ import (
 
 	"github.com/gwnomad/gwnomad/internal/devstack"
 	"github.com/gwnomad/gwnomad/internal/gatewaysim"
+	"github.com/gwnomad/gwnomad/spec"
 )
 
 func main() {
@@ -94,7 +95,10 @@ func up(ctx context.Context, dir string, clients, httpPort, tlsPort int, stdout 
 	if err != nil {
 		return err
 	}
-	apiDir := filepath.Join(st.SharedDir, "synapse-configs", "default", "api")
+	apiDir, err := sampleAPIDir(st.SharedDir)
+	if err != nil {
+		return err
+	}
 	env := fmt.Sprintf("export CONSUL_HTTP_ADDR=%s\nexport NOMAD_ADDR=http://%s\nexport PEBBLE_DIRECTORY=%s\n",
 		st.Consul.HTTPAddr, st.NomadServer.HTTPAddr, st.Pebble.DirectoryURL)
 	for path, b := range map[string][]byte{
@@ -113,4 +117,18 @@ func up(ctx context.Context, dir string, clients, httpPort, tlsPort int, stdout 
 	fmt.Fprintf(stdout, "devstack: up in %s: Consul http://%s/ui/, Nomad http://%s, ACME %s\n",
 		time.Since(start).Round(time.Second), st.Consul.HTTPAddr, st.NomadServer.HTTPAddr, st.Pebble.DirectoryURL)
 	return nil
+}
+
+// sampleAPIDir is where the demo spec's gateways look for Synapse API
+// artifacts, inside the shared directory.
+func sampleAPIDir(shared string) (string, error) {
+	s, _, err := spec.Default()
+	if err != nil {
+		return "", err
+	}
+	rel, ok := s.SharedPath(gatewaysim.APIDirRelPath)
+	if !ok {
+		return "", fmt.Errorf("the default spec does not share %s", gatewaysim.APIDirRelPath)
+	}
+	return filepath.Join(shared, rel), nil
 }

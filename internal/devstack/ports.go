@@ -3,26 +3,53 @@ package devstack
 import (
 	"fmt"
 	"net"
+	"sync"
 )
 
-// FreePorts returns n distinct free TCP ports on 127.0.0.1. The ports are
-// closed again before return, so another process may take one in between: a
-// small, accepted race, as in every test harness of this kind.
+// handedOut holds every port FreePorts and FreeUDPTCPPort returned in this
+// process. The kernel may give a port that was just closed to the next
+// listen on :0, and agents bind their ports only seconds after they were
+// chosen: without this, two agents of one stack could be given one port.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// claim records port as handed out; false if it was already.
+func claim(port int) bool {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports[port] {
+		return false
+	}
+	handedOut.ports[port] = true
+	return true
+}
+
+// FreePorts returns n distinct free TCP ports on 127.0.0.1, never one that
+// it returned before in this process. The ports are closed again before
+// return, so another process may take one in between: a small, accepted
+// race, as in every test harness of this kind.
 func FreePorts(n int) ([]int, error) {
-	ls := make([]net.Listener, 0, n)
+	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
 			l.Close()
 		}
 	}()
 	ports := make([]int, 0, n)
-	for range n {
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n {
+			return nil, fmt.Errorf("finding %d free ports: too many already handed out", n)
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("finding a free port: %w", err)
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ls = append(ls, l) // held open until return: no duplicates within one call
+		if p := l.Addr().(*net.TCPAddr).Port; claim(p) {
+			ports = append(ports, p)
+		}
 	}
 	return ports, nil
 }
@@ -39,7 +66,9 @@ func FreeUDPTCPPort() (int, error) {
 		u.Close()
 		if err == nil {
 			t.Close()
-			return port, nil
+			if claim(port) {
+				return port, nil
+			}
 		}
 	}
 	return 0, fmt.Errorf("no port free for both udp and tcp")
