@@ -57,6 +57,7 @@ func Down(dir string) error {
 	for _, name := range order {
 		terminate(st.Pids[name])
 	}
+	sweep(dir)
 	unmountUnder(dir)
 	return os.RemoveAll(dir)
 }

@@ -271,6 +271,7 @@ func (s *Stack) Stop() error {
 				s.stopErr = err
 			}
 		}
+		sweep(s.Dir) // what a killed Nomad client left running
 		unmountUnder(s.Dir)
 	})
 	return s.stopErr
