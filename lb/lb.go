@@ -368,7 +368,7 @@ func (l *LB) Start(ctx context.Context) error {
 		l.wg.Go(func() { l.serveErr("http", l.redirectSrv.Serve(l.httpLn)) })
 	case l.httpLn != nil:
 		l.fast = l.proxy.NewFastServer(sopt)
-		l.wg.Go(func() { l.serveErr("http", l.fast.Serve(l.httpLn)) })
+		l.wg.Go(func() { l.serveErr("http", l.fast.Serve(proxy.Listener{Listener: l.httpLn})) })
 	}
 	if l.httpsLn != nil {
 		l.tlsSrv = &proxy.TLSServer{

@@ -135,7 +135,7 @@ func (s *TLSServer) Serve(ln net.Listener) error {
 			return fmt.Errorf("tls listener: %w", err)
 		}
 		s.wg.Add(1)
-		go s.handshake(tls.Server(c, cfg))
+		go s.handshake(tls.Server(Wrap(c), cfg))
 	}
 }
 
