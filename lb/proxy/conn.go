@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -97,6 +98,24 @@ func (c *Conn) release() {
 
 // Write writes all of b like net.Conn's Write.
 func (c *Conn) Write(b []byte) (int, error) { return c.raw.write(b) }
+
+// WriteTo copies what c reads to w until EOF (io.Copy calls it): the
+// read-ahead bytes first, then what *net.TCPConn's WriteTo reads, so the
+// embedded method never skips buffered bytes.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	if c.ra != nil {
+		k, err := w.Write((*c.ra)[c.r:c.w])
+		n += int64(k)
+		c.r += k
+		if err != nil {
+			return n, err
+		}
+		c.release()
+	}
+	m, err := c.TCPConn.WriteTo(w)
+	return n + m, err
+}
 
 // Buffered reports how many bytes were read from the socket but not yet
 // by the caller.

@@ -83,6 +83,30 @@ func TestConnReadAhead(t *testing.T) {
 	}
 }
 
+// io.Copy from a Conn (the upgrade relay) carries the read-ahead bytes
+// too, not only what is left in the socket.
+func TestConnCopyKeepsReadAhead(t *testing.T) {
+	c, client := connPair(t)
+	msg := []byte("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nframe")
+	if _, err := client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if c.Buffered() == 0 {
+		t.Fatal("nothing read ahead")
+	}
+	client.(*net.TCPConn).CloseWrite()
+	var out bytes.Buffer
+	if _, err := io.Copy(&out, c); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), msg[1:]) {
+		t.Fatalf("copied %q, want %q", out.Bytes(), msg[1:])
+	}
+}
+
 // Large reads and writes (beyond the socket buffers, so the writer meets
 // EAGAIN and waits for readiness) carry every byte.
 func TestConnLargeTransfer(t *testing.T) {
