@@ -5,7 +5,9 @@
 // which keeps a request's CPU cost and allocations near zero; connections
 // that negotiate h2 over TLS are served by net/http's HTTP/2 server and join
 // the same path (ServeHTTP); WebSocket and other upgrades are relayed as raw
-// TCP after the handshake is forwarded.
+// TCP after the handshake is forwarded. Every TCP connection of the
+// HTTP/1.1 path, both sides, is a Conn (conn.go), which makes the same
+// reads and writes with fewer system calls: most of a proxy's CPU.
 //
 // The rules, in the order a request meets them:
 //
