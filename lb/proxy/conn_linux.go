@@ -177,16 +177,16 @@ func runtime_pollWait(pd uintptr, mode int) int
 // pollFD mirrors the head of internal/poll.FD, which is the head of
 // net.netFD, which a *net.TCPConn points to first (go1.26).
 type pollFD struct {
-	fdmu    struct{ state, sema uint64 }
-	sysfd   int
-	sysFile struct{ iovecs unsafe.Pointer }
-	pd      *runtimePollDesc
+	_     struct{ state, sema uint64 }    // fdmu
+	sysfd int                             // Sysfd
+	_     struct{ iovecs unsafe.Pointer } // SysFile
+	pd    *runtimePollDesc                // pd.runtimeCtx
 }
 
 // runtimePollDesc mirrors the head of the runtime's pollDesc.
 type runtimePollDesc struct {
-	link unsafe.Pointer
-	fd   uintptr
+	_  unsafe.Pointer // link
+	fd uintptr
 }
 
 // pollDescOf returns tc's poll descriptor, or 0 when the layout above is
