@@ -1,0 +1,3 @@
+module github.com/gwnomad/gwnomad/tools/vulndb
+
+go 1.26
