@@ -2,7 +2,16 @@
 SHELL := /bin/bash
 GO    ?= go
 BIN   := $(CURDIR)/bin
-export GOTOOLCHAIN := local
+# gwnomad is built with Go 1.27.3, which the go command fetches from the Go
+# module proxy (76 MB, once): go1.26.8 has standard-library vulnerabilities
+# fixed in go1.26.9/10 (see `make vulncheck`), and 1.27.3 is the newer Go this
+# workplace serves. The agents in tools/ are test fixtures, built with the
+# machine's own Go (TOOLS_GOTOOLCHAIN).
+GO_TOOLCHAIN      ?= go1.27.3
+TOOLS_GOTOOLCHAIN ?= local
+export GOTOOLCHAIN := $(GO_TOOLCHAIN)
+# Analyzers read the standard library of the Go they were built with.
+LINTBIN := $(BIN)/lint-$(GO_TOOLCHAIN)
 
 .PHONY: all build tools test test-short demo demo-down bench resilience fuzz lint vulncheck clean
 
@@ -19,21 +28,22 @@ build:
 tools: $(BIN)/consul $(BIN)/nomad $(BIN)/pebble
 
 $(BIN)/consul: tools/consul/go.mod
-	cd tools/consul && GOBIN=$(BIN) $(GO) install tool
+	cd tools/consul && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install tool
 $(BIN)/nomad: tools/nomad/go.mod
-	cd tools/nomad && GOBIN=$(BIN) $(GO) install tool
+	cd tools/nomad && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install tool
 # Pebble's version string is set by ldflags in its releases; do the same.
 PEBBLE_VERSION := $(shell awk '$$1=="github.com/letsencrypt/pebble/v2"{print $$2}' tools/pebble/go.mod)
 $(BIN)/pebble: tools/pebble/go.mod
-	cd tools/pebble && GOBIN=$(BIN) $(GO) install -ldflags "-X main.version=$(PEBBLE_VERSION)" tool
+	cd tools/pebble && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install -ldflags "-X main.version=$(PEBBLE_VERSION)" tool
 
 # What CI runs: static checks, unit and integration tests against real
 # Consul, Nomad, Pebble and Chromium (the resilience suite included: about
 # 5 of its ~15 minutes), then every fuzz target briefly. Packages run one at
 # a time (-p 1): each starts its own agents, and the machine has 2 cores.
-test: build tools $(BIN)/staticcheck
+test: build tools $(LINTBIN)/staticcheck
 	$(GO) vet ./...
-	$(BIN)/staticcheck ./...
+	$(LINTBIN)/staticcheck ./...
+	$(MAKE) --no-print-directory vulncheck
 	$(GO) test -count=1 -timeout 40m -p 1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
@@ -70,22 +80,20 @@ fuzz:
 # go vet, staticcheck and govulncheck (installed into bin/ from the Go module
 # proxy). vuln.go.dev is out of reach here, so govulncheck reads a database
 # built from the golang.org/x/vulndb module (which the proxy serves) by
-# tools/vulndb. With go1.26.8 it reports standard-library fixes of go1.26.9
-# and go1.26.10, which this workplace does not serve (see BENCHMARKS.md):
-# `make vulncheck` fails until the toolchain moves, so `make test` leaves it out.
+# tools/vulndb (GOVULNCHECK and the database pinned below). `make test` runs it.
 STATICCHECK_VERSION ?= v0.8.2
 GOVULNCHECK_VERSION ?= v1.9.0
 VULNDB_VERSION ?= v0.0.0-20261105234957-e22db6528018
-lint: $(BIN)/staticcheck
+lint: $(LINTBIN)/staticcheck
 	$(GO) vet ./...
-	$(BIN)/staticcheck ./...
-	$(MAKE) vulncheck
-vulncheck: $(BIN)/govulncheck $(BIN)/vulndb/index/db.json
-	$(BIN)/govulncheck -db file://$(abspath $(BIN))/vulndb ./...
+	$(LINTBIN)/staticcheck ./...
+	$(MAKE) --no-print-directory vulncheck
+vulncheck: $(LINTBIN)/govulncheck $(BIN)/vulndb/index/db.json
+	$(LINTBIN)/govulncheck -db file://$(abspath $(BIN))/vulndb ./...
 $(BIN)/vulndb/index/db.json:
 	$(GO) mod download golang.org/x/vulndb@$(VULNDB_VERSION)
 	cd tools/vulndb && $(GO) run . -src "$$($(GO) env GOMODCACHE)/golang.org/x/vulndb@$(VULNDB_VERSION)/data/osv" -out $(abspath $(BIN))/vulndb
-$(BIN)/staticcheck:
-	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-$(BIN)/govulncheck:
-	GOBIN=$(BIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+$(LINTBIN)/staticcheck:
+	GOBIN=$(LINTBIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(LINTBIN)/govulncheck:
+	GOBIN=$(LINTBIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
