@@ -42,6 +42,7 @@ var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAheadSize)
 // (see above). Wrap makes one.
 type Conn struct {
 	*net.TCPConn
+	rmu  sync.Mutex // one reader at a time, as net.Conn (and the runtime's one waiter per socket)
 	raw  *rawConn
 	ra   *[]byte // read-ahead buffer; nil when empty
 	r, w int     // unread bytes are (*ra)[r:w]
@@ -62,6 +63,8 @@ func Wrap(c net.Conn) net.Conn {
 
 // Read reads like net.Conn's Read.
 func (c *Conn) Read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	if c.ra != nil {
 		n := copy(b, (*c.ra)[c.r:c.w])
 		c.r += n
@@ -104,6 +107,8 @@ func (c *Conn) Write(b []byte) (int, error) { return c.raw.write(b) }
 // embedded method never skips buffered bytes.
 func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	var n int64
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	if c.ra != nil {
 		k, err := w.Write((*c.ra)[c.r:c.w])
 		n += int64(k)
@@ -119,7 +124,11 @@ func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 
 // Buffered reports how many bytes were read from the socket but not yet
 // by the caller.
-func (c *Conn) Buffered() int { return c.w - c.r }
+func (c *Conn) Buffered() int {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return c.w - c.r
+}
 
 // Listener wraps the connections an inner listener accepts (see Conn).
 type Listener struct{ net.Listener }

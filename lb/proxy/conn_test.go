@@ -258,3 +258,35 @@ func BenchmarkConnReadAhead(b *testing.B) {
 		}
 	}
 }
+
+// Reads from two goroutines at once are serialized, as net.Conn's are
+// (the runtime allows one waiter per poll descriptor), and lose nothing.
+func TestConnConcurrentReads(t *testing.T) {
+	c, client := connPair(t)
+	const total = 1 << 16
+	got := make(chan int, 2)
+	for range 2 {
+		go func() {
+			n := 0
+			buf := make([]byte, 1000)
+			for {
+				k, err := c.Read(buf)
+				n += k
+				if err != nil {
+					got <- n
+					return
+				}
+			}
+		}()
+	}
+	chunk := make([]byte, 64)
+	for sent := 0; sent < total; sent += len(chunk) {
+		if _, err := client.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client.Close()
+	if n := <-got + <-got; n != total {
+		t.Fatalf("the readers got %d bytes, want %d", n, total)
+	}
+}
