@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"time"
 )
 
 // Every TCP connection of the HTTP/1.1 path, client side and gateway
@@ -131,6 +130,7 @@ func (c *Conn) Buffered() int {
 }
 
 // Listener wraps the connections an inner listener accepts (see Conn).
+// TCP keep-alive stays as net.Listen set it on accept (on, 15 s).
 type Listener struct{ net.Listener }
 
 // Accept accepts and wraps.
@@ -138,11 +138,6 @@ func (l Listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		// fasthttp turns keep-alive on only for a bare *net.TCPConn.
-		_ = tc.SetKeepAlive(true)
-		_ = tc.SetKeepAlivePeriod(3 * time.Minute)
 	}
 	return Wrap(c), nil
 }
