@@ -41,6 +41,7 @@ $(BIN)/pebble: tools/pebble/go.mod
 # 5 of its ~15 minutes), then every fuzz target briefly. Packages run one at
 # a time (-p 1): each starts its own agents, and the machine has 2 cores.
 test: build tools $(LINTBIN)/staticcheck
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(LINTBIN)/staticcheck ./...
 	$(MAKE) --no-print-directory vulncheck
@@ -85,6 +86,7 @@ STATICCHECK_VERSION ?= v0.8.2
 GOVULNCHECK_VERSION ?= v1.9.0
 VULNDB_VERSION ?= v0.0.0-20261105234957-e22db6528018
 lint: $(LINTBIN)/staticcheck
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(LINTBIN)/staticcheck ./...
 	$(MAKE) --no-print-directory vulncheck
