@@ -88,6 +88,7 @@ type options struct {
 	keep        bool
 	noHalf      bool
 	lbEnv       string
+	hapThreads  int
 }
 
 func main() {
@@ -106,6 +107,7 @@ func main() {
 	flag.StringVar(&o.profileMode, "profile-mode", "plain", "plain | tls: what the profile run loads")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.noHalf, "no-half", false, "skip the half-load latency runs")
+	flag.IntVar(&o.hapThreads, "haproxy-threads", 2, "HAProxy's nbthread (experiments)")
 	flag.StringVar(&o.lbEnv, "gwnomad-env", "", "extra environment of the gwnomad process, comma-separated (experiments, e.g. GOMAXPROCS=1)")
 	flag.Parse()
 	o.targets = strings.Split(targets, ",")
@@ -231,7 +233,7 @@ func (r *rig) setup(ctx context.Context, o options) error {
 			}
 			t, err = r.startGwnomad(ctx, o.profile != "", env, o.profileMode)
 		case "haproxy":
-			t, err = r.startHAProxy()
+			t, err = r.startHAProxy(o.hapThreads)
 		case "caddy":
 			t, err = r.startCaddy()
 		case "direct":
@@ -499,14 +501,14 @@ func (r *rig) servers(sep string) string {
 	return strings.Join(s, " ")
 }
 
-func (r *rig) startHAProxy() (*target, error) {
+func (r *rig) startHAProxy(threads int) (*target, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
 	cfg := fmt.Sprintf(`global
     maxconn 8000
-    nbthread 2
+    nbthread %d
     ssl-default-bind-options ssl-min-ver TLSv1.3
 
 defaults
@@ -536,7 +538,7 @@ backend gateways
     balance roundrobin
     http-reuse always
 %s
-`, ports[0], ports[1], r.pemFile, r.servers("haproxy"))
+`, threads, ports[0], ports[1], r.pemFile, r.servers("haproxy"))
 	f := filepath.Join(r.dir, "haproxy.cfg")
 	if err := os.WriteFile(f, []byte(cfg), 0o644); err != nil {
 		return nil, err

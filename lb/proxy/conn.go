@@ -24,8 +24,10 @@ import (
 //     the following reads from it, so the request costs one read, not
 //     two. The buffer goes back to the pool when drained: an idle
 //     connection still holds none.
+//   - Deadlines are lazy (deadline.go): one moved later is not passed to
+//     the runtime until the earlier one passes.
 //
-// Deadlines, Close and everything else are the wrapped *net.TCPConn's.
+// Close and everything else are the wrapped *net.TCPConn's.
 
 // readAheadMin: reads asking for fewer bytes go through the read-ahead
 // buffer; larger ones read into the caller's buffer directly.
@@ -42,9 +44,14 @@ var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAheadSize)
 type Conn struct {
 	*net.TCPConn
 	rmu  sync.Mutex // one reader at a time, as net.Conn (and the runtime's one waiter per socket)
+	wmu  sync.Mutex // one writer at a time, as net.Conn
 	raw  *rawConn
 	ra   *[]byte // read-ahead buffer; nil when empty
 	r, w int     // unread bytes are (*ra)[r:w]
+
+	dmu    sync.Mutex // guards rd, wd, rearms
+	rd, wd deadline
+	rearms int // armed deadlines that passed before the one asked (tests read it)
 }
 
 // Wrap returns c as a *Conn when it is a TCP connection, else c.
@@ -64,6 +71,15 @@ func Wrap(c net.Conn) net.Conn {
 func (c *Conn) Read(b []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	for {
+		n, err := c.read(b)
+		if err == nil || c.expired(err, false) {
+			return n, err
+		}
+	}
+}
+
+func (c *Conn) read(b []byte) (int, error) {
 	if c.ra != nil {
 		n := copy(b, (*c.ra)[c.r:c.w])
 		c.r += n
@@ -99,26 +115,30 @@ func (c *Conn) release() {
 }
 
 // Write writes all of b like net.Conn's Write.
-func (c *Conn) Write(b []byte) (int, error) { return c.raw.write(b) }
-
-// WriteTo copies what c reads to w until EOF (io.Copy calls it): the
-// read-ahead bytes first, then what *net.TCPConn's WriteTo reads, so the
-// embedded method never skips buffered bytes.
-func (c *Conn) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if c.ra != nil {
-		k, err := w.Write((*c.ra)[c.r:c.w])
-		n += int64(k)
-		c.r += k
-		if err != nil {
-			return n, err
-		}
-		c.release()
+func (c *Conn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	n, err := c.raw.write(b)
+	for err != nil && !c.expired(err, true) {
+		var k int
+		k, err = c.raw.write(b[n:])
+		n += k
 	}
-	m, err := c.TCPConn.WriteTo(w)
-	return n + m, err
+	return n, err
+}
+
+// WriteTo copies what c reads to w until EOF (io.Copy calls it) through
+// c.Read, so that the read-ahead bytes come first and lazy deadlines
+// hold; *net.TCPConn's WriteTo would bypass both (and splices only to
+// Unix sockets).
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
+}
+
+// ReadFrom copies what r gives to c until EOF (io.Copy calls it) through
+// c.Write, for the same reasons.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(struct{ io.Writer }{c}, r)
 }
 
 // Buffered reports how many bytes were read from the socket but not yet

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -461,4 +462,58 @@ func TestHeadAndChunkedAnswers(t *testing.T) {
 		t.Errorf("chunked answer: %q", body)
 	}
 	resp.Body.Close()
+}
+
+// Of a gateway's idle connections, the one used last serves the next
+// request (LIFO): the others idle out instead of being cycled through.
+func TestGatewayConnectionUsedLastGoesFirst(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		seen    []string
+		arrived atomic.Int32
+		both    = make(chan struct{})
+	)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/both" { // hold the first request until the second arrives: two connections
+			if arrived.Add(1) == 2 {
+				close(both)
+			}
+			select {
+			case <-both:
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
+		mu.Lock()
+		seen = append(seen, r.RemoteAddr)
+		mu.Unlock()
+	}))
+	t.Cleanup(s.Close)
+	lb := startLB(t, Options{}, addr(s))
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(lb.url + "/both")
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if arrived.Load() != 2 {
+		t.Fatalf("%d requests reached the gateway, want 2", arrived.Load())
+	}
+	for range 5 {
+		readBody(t, do(t, "GET", lb.url+"/one", "", "", nil))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, a := range seen[1:] {
+		if a != seen[0] {
+			t.Fatalf("sequential requests came over gateway connections %v, want one connection reused", seen)
+		}
+	}
 }
