@@ -9,6 +9,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/gwnomad/gwnomad/jobs"
 	"github.com/gwnomad/gwnomad/templates"
 )
 
@@ -43,7 +44,8 @@ func (e *InterruptedError) Unwrap() error { return e.Err }
 //     placement the plan already knows to fail stops here;
 //  3. WriteKV: the [config] values in one Consul transaction, the previous
 //     values kept; the template is rendered against Consul to prove every
-//     key it needs is there;
+//     key it needs is there; if that or the registration fails, the
+//     previous values are written back;
 //  4. register the job (check-index from the plan) and monitor the
 //     evaluation and the deployment to the end, reporting every change;
 //     a failure is explained (task events, check output, stderr tail) and
@@ -106,7 +108,7 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 		return finish("unchanged"), nil
 	}
 
-	changes, err := c.WriteKV(ctx)
+	changes, prior, err := c.writeKV(ctx)
 	if err != nil {
 		return nil, &unchanged{err} // one transaction: all or nothing
 	}
@@ -116,23 +118,41 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %d key(s) written in one transaction under %s (previous values kept in %sprevious)",
 			len(changes), c.configPrefix(), c.root())})
 	}
+	// Until the job is registered, a failure puts the previous values
+	// back: a gateway of the running version that restarts (a crash, a
+	// node drain) must not come up with values that were never deployed.
+	undo := func(cause error) error {
+		if len(changes) == 0 {
+			return &unchanged{cause}
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if cs := c.runningChecksum(uctx); cs != "" && cs == c.job.Meta[jobs.MetaConfigChecksum] {
+			return cause // registered after all (the answer was lost): the new values stay
+		}
+		if err := c.undoKV(uctx, prior); err != nil {
+			return fmt.Errorf("%w; restoring the previous Consul KV values failed too (they are under %sprevious): %v", cause, c.root(), err)
+		}
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: the previous values under %s are back (the job was not registered)", c.configPrefix())})
+		return &unchanged{cause}
+	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err = templates.Render(rctx, c.spec, templates.Options{Consul: c.consul})
 	cancel()
 	if err != nil {
 		var ce *templates.ConsulError
 		if errors.As(err, &ce) {
-			return nil, c.cerr("rendering deployment.toml against Consul", err)
+			return nil, undo(c.cerr("rendering deployment.toml against Consul", err))
 		}
-		return nil, fmt.Errorf("deployment.toml does not render against Consul KV: %w", err)
+		return nil, undo(fmt.Errorf("deployment.toml does not render against Consul KV: %w", err))
 	}
 
 	resp, _, err := c.nomad.Jobs().RegisterOpts(c.job, &nomadapi.RegisterOptions{EnforceIndex: true, ModifyIndex: plan.jobModifyIndex}, c.w(ctx))
 	if err != nil {
 		if strings.Contains(err.Error(), "modify index") || strings.Contains(err.Error(), "Enforcing job modify index") {
-			return nil, fmt.Errorf("registering job %s: the job changed since it was planned (someone else deployed?); run again: %w", c.JobID(), err)
+			return nil, undo(fmt.Errorf("registering job %s: the job changed since it was planned (someone else deployed?); run again: %w", c.JobID(), err))
 		}
-		return nil, c.nerr("registering job "+c.JobID(), err)
+		return nil, undo(c.nerr("registering job "+c.JobID(), err))
 	}
 	job, _, err := c.nomad.Jobs().Info(c.JobID(), c.q(ctx))
 	if err != nil {

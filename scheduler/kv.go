@@ -123,34 +123,55 @@ func redactValue(key string, v []byte) string {
 // they replace saved under previous, and a snapshot of the new values under
 // snapshots/<checksum>. It returns the changes made (nil: nothing to do).
 func (c *Client) WriteKV(ctx context.Context) ([]KVChange, error) {
+	ch, _, err := c.writeKV(ctx)
+	return ch, err
+}
+
+// priorKV is what a deploy's KV transaction replaced: the config/ values
+// and the previous key (nil: absent).
+type priorKV struct {
+	config   map[string][]byte
+	previous []byte
+}
+
+// writeKV is WriteKV; it also returns what it replaced, for undoKV.
+func (c *Client) writeKV(ctx context.Context) ([]KVChange, *priorKV, error) {
 	want, err := templates.KV(c.spec)
 	if err != nil {
-		return nil, &InvalidError{Err: fmt.Errorf("computing KV values: %w", err)}
+		return nil, nil, &InvalidError{Err: fmt.Errorf("computing KV values: %w", err)}
 	}
 	cur, err := c.currentKV(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	changes := diffKV(cur, want)
+	prior := &priorKV{config: cur}
 	sum := c.job.Meta[jobs.MetaConfigChecksum]
 	snap, err := json.Marshal(Snapshot{Checksum: sum, Written: time.Now().UTC(), Values: strs(want)})
 	if err != nil {
-		return nil, fmt.Errorf("encoding KV snapshot: %w", err)
+		return nil, nil, fmt.Errorf("encoding KV snapshot: %w", err)
 	}
 	ops := consulapi.KVTxnOps{{Verb: consulapi.KVSet, Key: c.root() + "snapshots/" + sum, Value: snap}}
 	if len(changes) > 0 {
 		rs := c.runningChecksum(ctx)
 		prev, err := json.Marshal(Snapshot{Checksum: rs, Written: time.Now().UTC(), Values: strs(cur)})
 		if err != nil {
-			return nil, fmt.Errorf("encoding previous KV values: %w", err)
+			return nil, nil, fmt.Errorf("encoding previous KV values: %w", err)
 		}
 		ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: c.root() + "previous", Value: prev})
+		p, _, err := c.consul.KV().Get(c.root()+"previous", c.cq(ctx))
+		if err != nil {
+			return nil, nil, c.cerr("reading KV "+c.root()+"previous", err)
+		}
+		if p != nil {
+			prior.previous = p.Value
+		}
 		if rs != "" && rs != sum {
 			// The values now in KV are those of the running version: keep
 			// them under its checksum unless a snapshot already exists.
 			old, err := json.Marshal(Snapshot{Checksum: rs, Written: time.Now().UTC(), Values: strs(cur)})
 			if err != nil {
-				return nil, fmt.Errorf("encoding KV snapshot: %w", err)
+				return nil, nil, fmt.Errorf("encoding KV snapshot: %w", err)
 			}
 			if p, _, err := c.consul.KV().Get(c.root()+"snapshots/"+rs, c.cq(ctx)); err == nil && p == nil {
 				ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: c.root() + "snapshots/" + rs, Value: old})
@@ -165,9 +186,9 @@ func (c *Client) WriteKV(ctx context.Context) ([]KVChange, error) {
 		}
 	}
 	if err := c.txn(ctx, ops); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return changes, nil
+	return changes, prior, nil
 }
 
 // runningChecksum is the config checksum of the job Nomad runs now ("" if none).
@@ -214,15 +235,31 @@ func (c *Client) RestoreKV(ctx context.Context, checksum string) (bool, error) {
 	if err := json.Unmarshal(p.Value, &snap); err != nil {
 		return false, fmt.Errorf("decoding KV snapshot %s: %w", p.Key, err)
 	}
-	cur, err := c.currentKV(ctx)
-	if err != nil {
-		return false, err
-	}
 	want := map[string][]byte{}
 	for k, v := range snap.Values {
 		want[k] = []byte(v)
 	}
-	var ops consulapi.KVTxnOps
+	return true, c.putKV(ctx, want)
+}
+
+// undoKV puts back what writeKV replaced (the snapshot it wrote stays:
+// it is the values of its checksum whatever happens), in one transaction.
+func (c *Client) undoKV(ctx context.Context, p *priorKV) error {
+	op := &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: c.root() + "previous"}
+	if p.previous != nil {
+		op = &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: op.Key, Value: p.previous}
+	}
+	return c.putKV(ctx, p.config, op)
+}
+
+// putKV makes the config/ tree hold exactly want, with the extra
+// operations, in one transaction.
+func (c *Client) putKV(ctx context.Context, want map[string][]byte, extra ...*consulapi.KVTxnOp) error {
+	cur, err := c.currentKV(ctx)
+	if err != nil {
+		return err
+	}
+	ops := consulapi.KVTxnOps(extra)
 	for _, ch := range diffKV(cur, want) {
 		if ch.Op == "delete" {
 			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: ch.Key})
@@ -231,9 +268,9 @@ func (c *Client) RestoreKV(ctx context.Context, checksum string) (bool, error) {
 		}
 	}
 	if len(ops) == 0 {
-		return true, nil
+		return nil
 	}
-	return true, c.txn(ctx, ops)
+	return c.txn(ctx, ops)
 }
 
 // PurgeKV deletes the cluster's whole KV folder gwnomad/<cluster>/.

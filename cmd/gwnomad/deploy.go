@@ -91,7 +91,7 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	rep := reporter(*out, stdout)
 	_, err := c.Deploy(ctx, scheduler.DeployOptions{Detach: *detach, AutoPromote: *autoPromote, Report: rep})
 	if err != nil && scheduler.NothingChanged(err) {
-		err = fmt.Errorf("%w\nnothing was changed: no KV value written, no job registered", err)
+		err = fmt.Errorf("%w\nnothing was changed: no job registered, Consul KV as before", err)
 	}
 	code := exitFor("deploy", c, err, stderr)
 	if err != nil && *out == "json" { // the last line of the stream says how it ended

@@ -171,6 +171,58 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("Nomad lost between the KV write and the registration: the previous KV values are back", func(t *testing.T) {
+		before := kvDumpConfig(t, consul)
+		sb, _, err := spec.Load(broken) // a [config] change
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := scheduler.New(sb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			events  []scheduler.Event
+			stopped bool
+		)
+		defer func() {
+			if !stopped {
+				return
+			}
+			if err := st.NomadServer.Proc.Start(); err != nil {
+				t.Error(err)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := st.NomadServer.WaitLeader(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+		rep := scheduler.ReporterFunc(func(e scheduler.Event) {
+			events = append(events, e)
+			if e.Type == scheduler.EventKV && !stopped { // written; not registered yet
+				stopped = true
+				if err := st.NomadServer.Proc.Stop(20 * time.Second); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		_, err = c.Deploy(ctx, scheduler.DeployOptions{Report: rep})
+		var ue *scheduler.UnreachableError
+		if !errors.As(err, &ue) || !scheduler.NothingChanged(err) {
+			t.Fatalf("Deploy: %v (%T), want Nomad unreachable and nothing changed", err, err)
+		}
+		if !stopped || !strings.Contains(events[len(events)-1].Message, "previous values") {
+			t.Errorf("no event tells the KV values are back: %+v", events)
+		}
+		if after := kvDumpConfig(t, consul); after != before {
+			t.Errorf("KV not as before the deploy:\nbefore %s\nafter  %s", before, after)
+		}
+	})
+
 	t.Run("readiness never passes: exit 1, auto-reverted, old version and its KV values serving", func(t *testing.T) {
 		job, _, err := nomad.Jobs().Info("apim-gw", nil)
 		if err != nil {
@@ -484,6 +536,19 @@ func kvKeys(t *testing.T, consul *consulapi.Client) []string {
 		t.Fatal(err)
 	}
 	return keys
+}
+
+// kvDumpConfig is kvDump without the snapshots (one per configuration
+// ever written, by checksum).
+func kvDumpConfig(t *testing.T, consul *consulapi.Client) string {
+	t.Helper()
+	var b strings.Builder
+	for _, kv := range strings.SplitAfter(kvDump(t, consul), ";") {
+		if !strings.Contains(kv, "/snapshots/") {
+			b.WriteString(kv)
+		}
+	}
+	return b.String()
 }
 
 func kvDump(t *testing.T, consul *consulapi.Client) string {
