@@ -165,6 +165,11 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 		msg += "; warnings: " + strings.TrimSpace(resp.Warnings)
 	}
 	emit(Event{Type: EventRegister, Message: msg})
+	if n, err := c.pruneSnapshots(ctx); err != nil {
+		emit(Event{Type: EventMessage, Message: fmt.Sprintf("warning: pruning old KV snapshots: %v", err)})
+	} else if n > 0 {
+		emit(Event{Type: EventMessage, Message: fmt.Sprintf("Consul KV: %d snapshot(s) of configurations no tracked job version uses deleted", n)})
+	}
 	if opts.Detach {
 		sum.Message = "detached: follow the rollout with `gwnomad status`"
 		return finish("detached"), nil

@@ -22,7 +22,8 @@ import (
 //	config/...             the [config] values the template reads (templates.KV)
 //	previous               JSON: the config/ values before the last deploy wrote
 //	snapshots/<checksum>   JSON: the config/ values of each configuration
-//	                       deployed, keyed by the job meta gwnomad.config_checksum
+//	                       deployed, keyed by the job meta gwnomad.config_checksum;
+//	                       pruned to those of the job versions Nomad tracks
 //
 // A deploy writes config/, previous and the snapshot in one transaction. When
 // Nomad reverts the job, the reverted version's checksum names the snapshot
@@ -189,6 +190,46 @@ func (c *Client) writeKV(ctx context.Context) ([]KVChange, *priorKV, error) {
 		return nil, nil, err
 	}
 	return changes, prior, nil
+}
+
+// pruneSnapshots deletes the snapshots no job version that Nomad still
+// tracks refers to (Nomad keeps the last 6 by default; an auto-revert can
+// only go back to one of those). It reports how many it deleted.
+func (c *Client) pruneSnapshots(ctx context.Context) (int, error) {
+	versions, _, _, err := c.nomad.Jobs().Versions(c.JobID(), false, c.q(ctx))
+	if err != nil {
+		return 0, c.nerr("reading the versions of job "+c.JobID(), err)
+	}
+	keep := map[string]bool{}
+	for _, v := range versions {
+		if cs := v.Meta[jobs.MetaConfigChecksum]; cs != "" {
+			keep[cs] = true
+		}
+	}
+	if len(keep) == 0 {
+		return 0, nil // nothing tells which snapshots are in use: keep all
+	}
+	prefix := c.root() + "snapshots/"
+	keys, _, err := c.consul.KV().Keys(prefix, "", c.cq(ctx))
+	if err != nil {
+		return 0, c.cerr("listing KV "+prefix, err)
+	}
+	var ops consulapi.KVTxnOps
+	for _, k := range keys {
+		if !keep[strings.TrimPrefix(k, prefix)] {
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k})
+		}
+	}
+	n := 0
+	for len(ops) > 0 { // pruning need not be atomic: one transaction per maxTxnOps keys
+		batch := ops[:min(len(ops), maxTxnOps)]
+		if err := c.txn(ctx, batch); err != nil {
+			return n, err
+		}
+		n += len(batch)
+		ops = ops[len(batch):]
+	}
+	return n, nil
 }
 
 // runningChecksum is the config checksum of the job Nomad runs now ("" if none).

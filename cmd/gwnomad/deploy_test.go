@@ -150,9 +150,27 @@ func TestDeployEndToEnd(t *testing.T) {
 		if code != exitFailed || !strings.Contains(out, "km2.am.wso2.com") || !strings.Contains(out, jobs.MetaConfigChecksum) {
 			t.Fatalf("plan: exit %d, want 1 with the KV and checksum change\n%s\n%s", code, out, errs)
 		}
+		// A snapshot of a configuration no job version uses any more.
+		stale := "gwnomad/apim-gw/snapshots/000000000000"
+		if _, err := consul.KV().Put(&consulapi.KVPair{Key: stale, Value: []byte("{}")}, nil); err != nil {
+			t.Fatal(err)
+		}
 		poll := startPoller(t, consul, service, tag)
 		code, out, errs = gw(t, "deploy", "-f", v2, "-o", "json")
 		minSeen, polls := poll()
+		if p, _, err := consul.KV().Get(stale, nil); err != nil || p != nil {
+			t.Errorf("stale snapshot still in KV (%v)", err)
+		}
+		versions, _, _, err := nomad.Jobs().Versions("apim-gw", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range versions {
+			k := "gwnomad/apim-gw/snapshots/" + v.Meta[jobs.MetaConfigChecksum]
+			if p, _, err := consul.KV().Get(k, nil); err != nil || p == nil {
+				t.Errorf("job version %d: snapshot %s missing (%v)", *v.Version, k, err)
+			}
+		}
 		if code != exitOK {
 			t.Fatalf("deploy: exit %d, want 0\n%s\n%s", code, out, errs)
 		}
