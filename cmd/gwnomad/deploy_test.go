@@ -346,6 +346,51 @@ func TestDeployEndToEnd(t *testing.T) {
 		})
 	})
 
+	t.Run("--detach returns once registered; the rollout finishes without gwnomad", func(t *testing.T) {
+		code, out, errs := gw(t, "deploy", "-f", v1, "--detach", "-o", "json")
+		if code != exitOK {
+			t.Fatalf("deploy --detach: exit %d, want 0\n%s\n%s", code, out, errs)
+		}
+		events := parseEvents(t, out)
+		last := events[len(events)-1]
+		if last.Type != scheduler.EventSummary || last.Summary == nil || last.Summary.Outcome != "detached" {
+			t.Fatalf("last event %+v, want the summary with outcome detached", last)
+		}
+		for _, e := range events {
+			if e.Type == scheduler.EventDeployment || e.Type == scheduler.EventNode {
+				t.Errorf("--detach followed the rollout: %+v", e)
+			}
+		}
+		sp, _, err := spec.Load(v1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := scheduler.New(sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 4*time.Minute, "the detached rollout to finish on 3 nodes", func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			st, err := c.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.JobVersion != last.Summary.JobVersion || st.InProgress || st.Ready != 3 {
+				return fmt.Errorf("job version %d (want %d), in progress %v, %d ready", st.JobVersion, last.Summary.JobVersion, st.InProgress, st.Ready)
+			}
+			for _, n := range st.Nodes {
+				if n.JobVersion != st.JobVersion {
+					return fmt.Errorf("node %s runs version %d", n.Node, n.JobVersion)
+				}
+			}
+			return nil
+		})
+		if code, out, _ := gw(t, "status", "-f", v1); code != exitOK || !strings.Contains(out, "3 of 3 gateway nodes ready") {
+			t.Errorf("status after the detached rollout: exit %d\n%s", code, out)
+		}
+	})
+
 	t.Run("canaries: unplaceable names the constraint; auto-promote rolls on", func(t *testing.T) {
 		canary := mustReplace(t, mustReplace(t, changed, "max_parallel = 1", "max_parallel = 1\ncanary = 1"),
 			"https://km2.am.wso2.com:9443/services/", "https://km4.am.wso2.com:9443/services/")
