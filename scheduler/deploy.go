@@ -42,7 +42,7 @@ func (e *InterruptedError) Unwrap() error { return e.Err }
 //     host volume and the driver;
 //  2. Plan: Nomad's job plan and the KV diff, reported as EventPlan; a
 //     placement the plan already knows to fail stops here;
-//  3. WriteKV: the [config] values in one Consul transaction, the previous
+//  3. write KV: the [config] values in one Consul transaction, the previous
 //     values kept; the template is rendered against Consul to prove every
 //     key it needs is there; if that or the registration fails, the
 //     previous values are written back;

@@ -119,15 +119,6 @@ func redactValue(key string, v []byte) string {
 	return spec.Redacted
 }
 
-// WriteKV writes the spec's [config] values to Consul KV in one
-// transaction: the config/ keys set (and stale ones deleted), the values
-// they replace saved under previous, and a snapshot of the new values under
-// snapshots/<checksum>. It returns the changes made (nil: nothing to do).
-func (c *Client) WriteKV(ctx context.Context) ([]KVChange, error) {
-	ch, _, err := c.writeKV(ctx)
-	return ch, err
-}
-
 // priorKV is what a deploy's KV transaction replaced: the config/ values
 // and the previous key (nil: absent).
 type priorKV struct {
@@ -135,7 +126,11 @@ type priorKV struct {
 	previous []byte
 }
 
-// writeKV is WriteKV; it also returns what it replaced, for undoKV.
+// writeKV writes the spec's [config] values to Consul KV in one
+// transaction: the config/ keys set (and stale ones deleted), the values
+// they replace saved under previous, and a snapshot of the new values under
+// snapshots/<checksum>. It returns the changes made (nil: nothing to do)
+// and what it replaced, for undoKV.
 func (c *Client) writeKV(ctx context.Context) ([]KVChange, *priorKV, error) {
 	want, err := templates.KV(c.spec)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/gwnomad/gwnomad/internal/devstack"
 	"github.com/gwnomad/gwnomad/internal/testenv"
 	"github.com/gwnomad/gwnomad/jobs"
 	"github.com/gwnomad/gwnomad/scheduler"
@@ -204,17 +205,8 @@ func TestDeployEndToEnd(t *testing.T) {
 			stopped bool
 		)
 		defer func() {
-			if !stopped {
-				return
-			}
-			if err := st.NomadServer.Proc.Start(); err != nil {
-				t.Error(err)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := st.NomadServer.WaitLeader(ctx); err != nil {
-				t.Error(err)
+			if stopped {
+				startNomad(t, st)
 			}
 		}()
 		rep := scheduler.ReporterFunc(func(e scheduler.Event) {
@@ -423,17 +415,7 @@ func TestDeployEndToEnd(t *testing.T) {
 		if err := st.NomadServer.Proc.Stop(20 * time.Second); err != nil {
 			t.Fatal(err)
 		}
-		defer func() { // leave the stack whole for its cleanup
-			if err := st.NomadServer.Proc.Start(); err != nil {
-				t.Error(err)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := st.NomadServer.WaitLeader(ctx); err != nil {
-				t.Error(err)
-			}
-		}()
+		defer startNomad(t, st) // leave the stack whole for its cleanup
 		code, out, errs := gw(t, "deploy", "-f", broken, "-o", "json")
 		if code != exitUnreachable {
 			t.Fatalf("deploy: exit %d, want 4\n%s\n%s", code, out, errs)
@@ -599,6 +581,20 @@ func kvKeys(t *testing.T, consul *consulapi.Client) []string {
 		t.Fatal(err)
 	}
 	return keys
+}
+
+// startNomad starts the stopped Nomad server again and waits for its leader.
+func startNomad(t *testing.T, st *devstack.Stack) {
+	t.Helper()
+	if err := st.NomadServer.Proc.Start(); err != nil {
+		t.Error(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := st.NomadServer.WaitLeader(ctx); err != nil {
+		t.Error(err)
+	}
 }
 
 // kvDumpConfig is kvDump without the snapshots (one per configuration

@@ -44,11 +44,8 @@ func (c *Conn) setDeadline(d *deadline, t time.Time, write bool) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	d.want = t
-	if d.armed.IsZero() && t.IsZero() {
-		return nil
-	}
-	if !d.armed.IsZero() && (t.IsZero() || !t.Before(d.armed)) {
-		return nil // later: recorded only
+	if t.IsZero() || (!d.armed.IsZero() && !t.Before(d.armed)) {
+		return nil // none or later: recorded only
 	}
 	d.armed = t
 	return c.arm(t, write)
