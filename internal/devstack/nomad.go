@@ -76,6 +76,11 @@ client {
   enabled = true
   servers = ["127.0.0.1:{{.ServerRPC}}"]
   network_interface = "lo"
+  # Every client shares 127.0.0.1, but each one's scheduler-side port index
+  # only knows its own allocations: disjoint dynamic port ranges keep two
+  # gateways on different "nodes" from being given the same port.
+  min_dynamic_port = {{.MinDynamicPort}}
+  max_dynamic_port = {{.MaxDynamicPort}}
   cpu_total_compute = 4000
   memory_total_mb = 4096
   host_volume "{{.Volume}}" {
@@ -105,11 +110,33 @@ plugin "raw_exec" {
 type nomadTmplData struct {
 	Name, DataDir, ConsulAddr, SharedDir, Volume string
 	HTTP, RPC, Serf, ServerRPC                   int
+	MinDynamicPort, MaxDynamicPort               int
 	Server, ACL                                  bool
 	Chroot                                       map[string]string
 }
 
-func newNomad(cfg *Config, name string, consul *ConsulAgent, server *NomadAgent) (*NomadAgent, error) {
+// Nomad's default dynamic port range, split between the clients.
+const (
+	minDynamicPort = 20000
+	maxDynamicPort = 32000
+)
+
+// dynamicPorts returns client i's (0-based) share of Nomad's dynamic port
+// range when there are n clients: the shares never overlap, and all stay
+// below Linux's ephemeral range (32768 and up), from which FreePorts and
+// outgoing connections take theirs.
+func dynamicPorts(i, n int) (lo, hi int) {
+	if n < 1 {
+		n = 1
+	}
+	share := (maxDynamicPort - minDynamicPort) / n
+	lo = minDynamicPort + i*share
+	return lo, lo + share - 1
+}
+
+// newNomad prepares a Nomad agent: the server when server is nil, otherwise
+// client number i (0-based) of cfg.NomadClients.
+func newNomad(cfg *Config, name string, i int, consul *ConsulAgent, server *NomadAgent) (*NomadAgent, error) {
 	ports, err := FreePorts(3)
 	if err != nil {
 		return nil, err
@@ -126,6 +153,7 @@ func newNomad(cfg *Config, name string, consul *ConsulAgent, server *NomadAgent)
 	}
 	if server != nil {
 		d.ServerRPC = server.RPCPort
+		d.MinDynamicPort, d.MaxDynamicPort = dynamicPorts(i, cfg.NomadClients)
 	}
 	var b strings.Builder
 	if err := nomadConfig.Execute(&b, d); err != nil {

@@ -192,14 +192,14 @@ func (s *Stack) start(ctx context.Context, cfg *Config) error {
 		return nil
 	}
 	cfg.Logf("starting nomad server and %d clients", cfg.NomadClients)
-	if s.NomadServer, err = newNomad(cfg, "nomad-server", s.Consul, nil); err != nil {
+	if s.NomadServer, err = newNomad(cfg, "nomad-server", 0, s.Consul, nil); err != nil {
 		return err
 	}
 	if err := s.NomadServer.Proc.Start(); err != nil {
 		return err
 	}
 	for i, ca := range s.ConsulAgents {
-		c, err := newNomad(cfg, fmt.Sprintf("nomad-client-%d", i+1), ca, s.NomadServer)
+		c, err := newNomad(cfg, fmt.Sprintf("nomad-client-%d", i+1), i, ca, s.NomadServer)
 		if err != nil {
 			return err
 		}

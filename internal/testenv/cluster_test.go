@@ -61,6 +61,32 @@ func TestClusterRunsSimulatorOnSharedVolume(t *testing.T) {
 		t.Fatalf("instances share a Consul node: %v", nodes)
 	}
 
+	// All clients share 127.0.0.1, so their dynamic port ranges must not
+	// overlap: otherwise Nomad gives two nodes' gateways the same port and
+	// one of them fails to bind (seen in CI).
+	stubs, _, err := nomad.Nodes().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type portRange struct {
+		node   string
+		lo, hi int
+	}
+	var ranges []portRange
+	for _, s := range stubs {
+		n, _, err := nomad.Nodes().Info(s.ID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := portRange{n.Name, n.NodeResources.MinDynamicPort, n.NodeResources.MaxDynamicPort}
+		for _, o := range ranges {
+			if r.lo <= o.hi && o.lo <= r.hi {
+				t.Fatalf("dynamic port ranges overlap: %s %d-%d and %s %d-%d", r.node, r.lo, r.hi, o.node, o.lo, o.hi)
+			}
+		}
+		ranges = append(ranges, r)
+	}
+
 	// The rendered deployment.toml carries the KV value.
 	allocs, _, err := nomad.Jobs().Allocations("harness-gw", false, nil)
 	if err != nil {
