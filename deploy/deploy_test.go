@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,25 +106,9 @@ func TestACLPoliciesApply(t *testing.T) {
 		name := strings.TrimSuffix(filepath.Base(f), ".policy.hcl")
 		runOK(t, cenv, consul, "acl", "policy", "create", "-name", name, "-rules", "@"+f)
 	}
-	nenv := []string{"NOMAD_ADDR=http://" + st.NomadServer.HTTPAddr}
-	out := runOK(t, nenv, nomad, "acl", "bootstrap", "-json")
-	token := jsonField(t, out, "SecretID")
-	nenv = append(nenv, "NOMAD_TOKEN="+token)
+	nenv := []string{"NOMAD_ADDR=http://" + st.NomadServer.HTTPAddr, "NOMAD_TOKEN=" + devstack.NomadACLManagementToken}
 	for _, f := range glob(t, "acl/nomad-*.policy.hcl") {
 		name := strings.TrimSuffix(filepath.Base(f), ".policy.hcl")
 		runOK(t, nenv, nomad, "acl", "policy", "apply", name, f)
 	}
-}
-
-func jsonField(t *testing.T, out, field string) string {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal([]byte(out[strings.IndexByte(out, '{'):]), &m); err != nil {
-		t.Fatalf("parsing %q: %v", out, err)
-	}
-	v, _ := m[field].(string)
-	if v == "" {
-		t.Fatalf("no %s in %s", field, out)
-	}
-	return v
 }

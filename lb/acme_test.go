@@ -11,12 +11,18 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
+
 	"github.com/gwnomad/gwnomad/internal/devstack"
 	"github.com/gwnomad/gwnomad/internal/testenv"
+	"github.com/gwnomad/gwnomad/lb"
 	"github.com/gwnomad/gwnomad/lb/config"
+	"github.com/gwnomad/gwnomad/lb/lbtest"
 )
 
 // TestACMEThroughTheBalancer is `gwnomad lb` with tls.mode = "acme" against a
@@ -29,8 +35,13 @@ func TestACMEThroughTheBalancer(t *testing.T) {
 		t.Fatal(err)
 	}
 	httpAddr, httpsAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
-	st := testenv.Pebble(t, devstack.PebbleOptions{HTTPPort: ports[0], TLSPort: ports[1]})
+	// Consul denies by default, and the LB's token has only the policy an
+	// SRE would give it (deploy/acl/consul-lb.policy.hcl): discovery,
+	// self-registration, certificate storage and its locks all work with it.
+	st := testenv.Start(t, devstack.Config{Pebble: &devstack.PebbleOptions{HTTPPort: ports[0], TLSPort: ports[1]}, ACL: true})
 	register(t, st.ConsulAPI(), inProcessGateway(t, "gw-1"), true)
+	token := lbToken(t, st.ConsulAPI())
+	var logs syncBuffer
 
 	keyFile := filepath.Join(t.TempDir(), "storage.key")
 	key := make([]byte, 32)
@@ -47,7 +58,8 @@ func TestACMEThroughTheBalancer(t *testing.T) {
 		cfg.TLS.CARoot = st.Pebble.CAFile
 		cfg.TLS.Email = "sre@example.com"
 		cfg.TLS.StorageKeyFile = keyFile
-	})
+		cfg.Consul.Token = token
+	}, lb.WithLogger(lbtest.Logger(t, &logs)))
 	waitInstances(t, l, 30*time.Second, "gw-1")
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -108,4 +120,56 @@ func TestACMEThroughTheBalancer(t *testing.T) {
 			t.Errorf("KV %s holds plaintext", p.Key)
 		}
 	}
+
+	// The LB registered itself, and its check passes.
+	testenv.WaitFor(t, 30*time.Second, "gwnomad-lb passing in Consul", func() error {
+		e, _, err := st.ConsulAPI().Health().Service("gwnomad-lb", "", true, nil)
+		if err != nil {
+			return err
+		}
+		if len(e) != 1 {
+			return fmt.Errorf("%d passing gwnomad-lb instances", len(e))
+		}
+		return nil
+	})
+	if strings.Contains(logs.String(), "Permission denied") || strings.Contains(logs.String(), "403") {
+		t.Errorf("the LB was refused something with the deploy/acl policy:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), token) {
+		t.Error("the LB logged its Consul token")
+	}
+}
+
+// lbToken creates a Consul token with the policy of deploy/acl for the LB.
+func lbToken(t *testing.T, c *consulapi.Client) string {
+	t.Helper()
+	rules, err := os.ReadFile("../deploy/acl/consul-lb.policy.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: "gwnomad-lb", Rules: string(rules)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := c.ACL().TokenCreate(&consulapi.ACLToken{Policies: []*consulapi.ACLTokenPolicyLink{{Name: "gwnomad-lb"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.SecretID
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -156,13 +156,13 @@ func startLB(t *testing.T, st *devstack.Stack, policy string) *lb.LB {
 	return l
 }
 
-func startLBWith(t *testing.T, st *devstack.Stack, policy string, edit func(*config.Config)) (*lb.LB, context.CancelFunc) {
+func startLBWith(t *testing.T, st *devstack.Stack, policy string, edit func(*config.Config), opts ...lb.Option) (*lb.LB, context.CancelFunc) {
 	t.Helper()
 	cfg := lbtest.Config(st, config.Route{Hosts: []string{host}, Policy: policy})
 	if edit != nil {
 		edit(cfg)
 	}
-	return lbtest.Start(t, cfg)
+	return lbtest.Start(t, cfg, opts...)
 }
 
 // instances is the live table's instance IDs for the route.

@@ -38,7 +38,12 @@ type UnreachableError struct {
 
 func (e *UnreachableError) Error() string {
 	if e.Denied {
-		return fmt.Sprintf("%s at %s: permission denied (check the token: NOMAD_TOKEN / CONSUL_HTTP_TOKEN): %v", e.Service, e.Addr, e.Err)
+		env := "NOMAD_TOKEN"
+		if e.Service == "Consul" {
+			env = "CONSUL_HTTP_TOKEN"
+		}
+		return fmt.Sprintf("%s at %s: permission denied (check the token: %s or [%s] token in the spec): %v",
+			e.Service, e.Addr, env, strings.ToLower(e.Service), e.Err)
 	}
 	return fmt.Sprintf("%s at %s is unreachable: %v", e.Service, e.Addr, e.Err)
 }

@@ -245,15 +245,32 @@ func (c *Client) txn(ctx context.Context, ops consulapi.KVTxnOps) error {
 		return c.cerr("writing KV (transaction)", err)
 	}
 	if !ok {
-		var errs []string
-		if resp != nil {
-			for _, e := range resp.Errors {
-				errs = append(errs, fmt.Sprintf("op %d: %s", e.OpIndex, e.What))
-			}
-		}
-		return fmt.Errorf("writing KV: transaction rolled back: %s", strings.Join(errs, "; "))
+		return c.txnError(resp)
 	}
 	return nil
+}
+
+// txnError explains a transaction Consul rolled back. A refused token is
+// an *UnreachableError (Denied) like any other 403, reported once with the
+// keys it could not write rather than once per operation.
+func (c *Client) txnError(resp *consulapi.KVTxnResponse) error {
+	var errs, denied []string
+	if resp != nil {
+		for _, e := range resp.Errors {
+			errs = append(errs, fmt.Sprintf("op %d: %s", e.OpIndex, e.What))
+			// Permission denied: token with AccessorID '…' lacks permission 'key:write' on "<key>"
+			if strings.HasPrefix(e.What, "Permission denied") && strings.HasSuffix(e.What, `"`) {
+				if i := strings.LastIndexByte(e.What[:len(e.What)-1], '"'); i >= 0 {
+					denied = append(denied, e.What[i+1:len(e.What)-1])
+				}
+			}
+		}
+	}
+	if len(denied) > 0 && len(denied) == len(errs) {
+		return &UnreachableError{Service: "Consul", Addr: c.consulAddr, Denied: true,
+			Err: fmt.Errorf("writing KV: the token may not write %s", strings.Join(denied, ", "))}
+	}
+	return fmt.Errorf("writing KV: transaction rolled back: %s", strings.Join(errs, "; "))
 }
 
 // RestoreKV writes back the config/ values of the configuration with the

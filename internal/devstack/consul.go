@@ -22,11 +22,12 @@ type ConsulAgent struct {
 	SerfLAN  int    // serf LAN port (clients join the server on it)
 	DataDir  string
 	Proc     *Proc
+	token    string // ACLManagementToken with Config.ACL, else ""
 }
 
 // API returns a Consul API client for this agent.
 func (a *ConsulAgent) API() *consulapi.Client {
-	c, err := consulapi.NewClient(&consulapi.Config{Address: a.HTTPAddr})
+	c, err := consulapi.NewClient(&consulapi.Config{Address: a.HTTPAddr, Token: a.token})
 	if err != nil { // only on a malformed config, which this is not
 		panic(err)
 	}
@@ -45,6 +46,9 @@ func newConsul(cfg *Config, node string, joinSerf int) (*ConsulAgent, error) {
 		return nil, err
 	}
 	a := &ConsulAgent{Node: node, HTTPAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]), SerfLAN: ports[1], DataDir: dataDir}
+	if cfg.ACL {
+		a.token = ACLManagementToken
+	}
 	args := []string{"agent",
 		"-node", node,
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
@@ -60,7 +64,7 @@ func newConsul(cfg *Config, node string, joinSerf int) (*ConsulAgent, error) {
 	}
 	if cfg.ACL {
 		args = append(args, "-hcl", `acl { enabled = true
-  default_policy = "allow"
+  default_policy = "deny"
   tokens { initial_management = "`+ACLManagementToken+`" agent = "`+ACLManagementToken+`" } }`)
 	}
 	if joinSerf == 0 {

@@ -20,11 +20,17 @@ type NomadAgent struct {
 	DataDir  string
 	Consul   *ConsulAgent // the Consul agent this Nomad agent talks to
 	Proc     *Proc
+	token    string // NomadACLManagementToken with Config.ACL, else ""
 }
+
+// NomadACLManagementToken is the secret of Nomad's bootstrap (management)
+// token when Config.ACL is set. Like ACLManagementToken, it guards nothing
+// but a throwaway test agent on loopback.
+const NomadACLManagementToken = "5e1f0b7a-2c43-4b8e-9a61-3f0d27c4e9b2"
 
 // API returns a Nomad API client for this agent.
 func (a *NomadAgent) API() *nomadapi.Client {
-	c, err := nomadapi.NewClient(&nomadapi.Config{Address: "http://" + a.HTTPAddr})
+	c, err := nomadapi.NewClient(&nomadapi.Config{Address: "http://" + a.HTTPAddr, SecretID: a.token})
 	if err != nil {
 		panic(err)
 	}
@@ -54,6 +60,9 @@ advertise {
 }
 consul {
   address = "{{.ConsulAddr}}"
+{{- if .ACL}}
+  token = "{{.ConsulToken}}"
+{{- end}}
   auto_advertise = false
   server_auto_join = false
   client_auto_join = false
@@ -112,6 +121,7 @@ type nomadTmplData struct {
 	HTTP, RPC, Serf, ServerRPC                   int
 	MinDynamicPort, MaxDynamicPort               int
 	Server, ACL                                  bool
+	ConsulToken                                  string
 	Chroot                                       map[string]string
 }
 
@@ -149,7 +159,7 @@ func newNomad(cfg *Config, name string, i int, consul *ConsulAgent, server *Noma
 		Name: name, DataDir: dataDir, ConsulAddr: consul.HTTPAddr,
 		SharedDir: cfg.SharedDir, Volume: cfg.HostVolume,
 		HTTP: ports[0], RPC: ports[1], Serf: ports[2],
-		Server: server == nil, ACL: cfg.ACL, Chroot: cfg.Chroot,
+		Server: server == nil, ACL: cfg.ACL, ConsulToken: consul.token, Chroot: cfg.Chroot,
 	}
 	if server != nil {
 		d.ServerRPC = server.RPCPort
@@ -164,12 +174,31 @@ func newNomad(cfg *Config, name string, i int, consul *ConsulAgent, server *Noma
 		return nil, err
 	}
 	a := &NomadAgent{Name: name, HTTPAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]), RPCPort: ports[1], DataDir: dataDir, Consul: consul}
+	if cfg.ACL {
+		a.token = NomadACLManagementToken
+	}
 	a.Proc = &Proc{
 		Name: name, Path: filepath.Join(cfg.BinDir, "nomad"),
 		Args:    []string{"agent", "-config", confPath},
 		LogPath: filepath.Join(cfg.Dir, "logs", name+".log"), Detach: cfg.Detach,
 	}
 	return a, nil
+}
+
+// bootstrapACL creates Nomad's management token with the secret
+// NomadACLManagementToken (once: a restarted server keeps it).
+func (a *NomadAgent) bootstrapACL(ctx context.Context) error {
+	anon, err := nomadapi.NewClient(&nomadapi.Config{Address: "http://" + a.HTTPAddr})
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, a.Proc, a.Name+" ACL bootstrap", func(ctx context.Context) error {
+		_, _, err := anon.ACLTokens().BootstrapOpts(NomadACLManagementToken, (&nomadapi.WriteOptions{}).WithContext(ctx))
+		if err != nil && strings.Contains(err.Error(), "bootstrap already done") {
+			return nil
+		}
+		return err
+	})
 }
 
 // WaitLeader waits until the Nomad server has elected itself leader.

@@ -36,9 +36,11 @@ type Config struct {
 	Chroot map[string]string
 	// NomadServer starts a Nomad server even when NomadClients is 0.
 	NomadServer bool
-	// ACL enables ACLs: Consul's with default policy "allow" and the
-	// management token ACLManagementToken; Nomad's, to be bootstrapped by
-	// the caller (`nomad acl bootstrap`). For tests of ACL policies.
+	// ACL enables ACLs, denying by default: Consul's with the management
+	// token ACLManagementToken (which the agents and Nomad's Consul
+	// integration use too); Nomad's, bootstrapped with the management token
+	// NomadACLManagementToken. The stack's API clients and Env use both.
+	// For tests of the least-privilege policies in deploy/acl.
 	ACL bool
 	// Pebble starts the ACME test server when non-nil.
 	Pebble *PebbleOptions
@@ -61,6 +63,8 @@ type Stack struct {
 	NomadServer  *NomadAgent    // nil without Nomad
 	NomadClients []*NomadAgent
 	Pebble       *Pebble // nil unless asked for
+
+	acl bool // Config.ACL
 
 	stopOnce sync.Once
 	stopErr  error
@@ -143,7 +147,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	s := &Stack{Dir: cfg.Dir, SharedDir: cfg.SharedDir, HostVolume: cfg.HostVolume}
+	s := &Stack{Dir: cfg.Dir, SharedDir: cfg.SharedDir, HostVolume: cfg.HostVolume, acl: cfg.ACL}
 	if err := s.start(ctx, &cfg); err != nil {
 		_ = s.Stop()
 		return nil, err
@@ -211,6 +215,11 @@ func (s *Stack) start(ctx context.Context, cfg *Config) error {
 	if err := s.NomadServer.WaitLeader(ctx); err != nil {
 		return err
 	}
+	if cfg.ACL {
+		if err := s.NomadServer.bootstrapACL(ctx); err != nil {
+			return err
+		}
+	}
 	for _, c := range s.NomadClients {
 		if err := c.WaitNodeReady(ctx, s.NomadServer, cfg.HostVolume); err != nil {
 			return err
@@ -230,8 +239,14 @@ func (s *Stack) NomadAPI() *nomadapi.Client { return s.NomadServer.API() }
 // consul CLIs) at this stack.
 func (s *Stack) Env() []string {
 	env := []string{"CONSUL_HTTP_ADDR=" + s.Consul.HTTPAddr}
+	if s.acl {
+		env = append(env, "CONSUL_HTTP_TOKEN="+ACLManagementToken)
+	}
 	if s.NomadServer != nil {
 		env = append(env, "NOMAD_ADDR=http://"+s.NomadServer.HTTPAddr)
+		if s.acl {
+			env = append(env, "NOMAD_TOKEN="+NomadACLManagementToken)
+		}
 	}
 	return env
 }

@@ -9,6 +9,7 @@ package lbtest
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -37,9 +38,11 @@ func Config(st *devstack.Stack, routes ...config.Route) *config.Config {
 	return cfg
 }
 
-// Logger logs through t.Log at level info.
-func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+// Logger logs through t.Log at level info, and to also (a test that reads
+// what the balancer logged).
+func Logger(t testing.TB, also ...io.Writer) *slog.Logger {
+	w := io.MultiWriter(append([]io.Writer{tWriter{t}}, also...)...)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 type tWriter struct{ t testing.TB }
