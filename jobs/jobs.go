@@ -23,7 +23,8 @@ const (
 	// [config] or template change changes it, so the change is a new job
 	// version rolled out under the update block.
 	MetaConfigChecksum = "gwnomad.config_checksum"
-	// MetaKVPrefix is the job meta key holding the cluster's Consul KV prefix.
+	// MetaKVPrefix is the job meta key holding the Consul KV folder of the
+	// version's configuration (templates.KVPrefix), which its template reads.
 	MetaKVPrefix = "gwnomad.kv_prefix"
 
 	// LivenessCheckName and ReadinessCheckName are the Consul check names.
@@ -78,6 +79,10 @@ func Build(s *spec.Spec) (*api.Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building job: %w", err)
 	}
+	prefix, err := templates.KVPrefix(s)
+	if err != nil {
+		return nil, fmt.Errorf("building job: %w", err)
+	}
 	g := s.Gateway
 
 	job := api.NewServiceJob(s.Cluster.Name, s.Cluster.Name, s.Cluster.Region, 50)
@@ -85,7 +90,7 @@ func Build(s *spec.Spec) (*api.Job, error) {
 	job.Datacenters = append([]string{}, s.Cluster.Datacenters...)
 	job.Meta = map[string]string{
 		MetaConfigChecksum: sum,
-		MetaKVPrefix:       templates.KVPrefix(s),
+		MetaKVPrefix:       prefix,
 	}
 
 	net := &api.NetworkResource{Mode: "host"}
@@ -140,7 +145,7 @@ func Build(s *spec.Spec) (*api.Job, error) {
 		ChangeMode: ptr("noop"),
 		Perms:      ptr("0644"),
 	}}
-	task.Services = []*api.Service{service(s, sum)}
+	task.Services = []*api.Service{service(s, sum, prefix)}
 	task.ShutdownDelay = g.ShutdownDelay.Duration
 	task.KillTimeout = ptr(g.KillTimeout.Duration)
 	task.KillSignal = "SIGTERM"
@@ -193,7 +198,7 @@ func driverConfig(s *spec.Spec) map[string]any {
 	return c
 }
 
-func service(s *spec.Spec, checksum string) *api.Service {
+func service(s *spec.Spec, checksum, kvPrefix string) *api.Service {
 	g := s.Gateway
 	meta := map[string]string{
 		"cluster":         s.Cluster.Name,
@@ -203,7 +208,7 @@ func service(s *spec.Spec, checksum string) *api.Service {
 		"product":         "WSO2 API Manager gateway",
 		"product_version": g.ProductVersion,
 		"config_checksum": checksum[:12],
-		"kv_prefix":       templates.KVPrefix(s),
+		"kv_prefix":       kvPrefix,
 	}
 	for _, label := range Labels(s) {
 		meta[MetaPortPrefix+label] = "${NOMAD_HOST_PORT_" + label + "}"

@@ -127,7 +127,9 @@ func TestJobShape(t *testing.T) {
 	}
 }
 
-func TestConfigChangeChangesOnlyTheChecksum(t *testing.T) {
+// A [config] change is a new job version whose template reads another
+// configuration folder: the running version keeps reading its own.
+func TestConfigChangeIsANewVersionReadingItsOwnFolder(t *testing.T) {
 	parse := func(doc string) *api.Job {
 		s, _, err := spec.Parse("x.toml", []byte(doc))
 		if err != nil {
@@ -144,8 +146,15 @@ func TestConfigChangeChangesOnlyTheChecksum(t *testing.T) {
 	if a.Meta[MetaConfigChecksum] == b.Meta[MetaConfigChecksum] {
 		t.Fatal("a [config] change left the checksum alone: it would not roll out")
 	}
-	// The template itself is the same: only the KV value differs.
-	if *a.TaskGroups[0].Tasks[0].Templates[0].EmbeddedTmpl != *b.TaskGroups[0].Tasks[0].Templates[0].EmbeddedTmpl {
-		t.Error("template differs")
+	pa, pb := a.Meta[MetaKVPrefix], b.Meta[MetaKVPrefix]
+	if pa == pb {
+		t.Fatalf("both versions read %s", pa)
+	}
+	ta, tb := *a.TaskGroups[0].Tasks[0].Templates[0].EmbeddedTmpl, *b.TaskGroups[0].Tasks[0].Templates[0].EmbeddedTmpl
+	if !strings.Contains(ta, `{{ key "`+pa+`x" }}`) || !strings.Contains(tb, `{{ key "`+pb+`x" }}`) {
+		t.Errorf("the templates do not read their own folders (%s, %s):\n%s\n%s", pa, pb, ta, tb)
+	}
+	if strings.ReplaceAll(ta, pa, "") != strings.ReplaceAll(tb, pb, "") {
+		t.Error("the templates differ in more than the folder")
 	}
 }

@@ -42,15 +42,16 @@ func (e *InterruptedError) Unwrap() error { return e.Err }
 //     host volume and the driver;
 //  2. Plan: Nomad's job plan and the KV diff, reported as EventPlan; a
 //     placement the plan already knows to fail stops here;
-//  3. write KV: the [config] values in one Consul transaction, the previous
-//     values kept; the template is rendered against Consul to prove every
-//     key it needs is there; if that or the registration fails, the
-//     previous values are written back;
+//  3. write KV: the [config] values in one Consul transaction, into the
+//     new configuration's own folder (the running version keeps reading
+//     its own); the template is rendered against Consul to prove every
+//     key it needs is there; if that or the registration fails, the new
+//     folder is deleted again;
 //  4. register the job (check-index from the plan) and monitor the
 //     evaluation and the deployment to the end, reporting every change;
 //     a failure is explained (task events, check output, stderr tail) and
-//     an auto-revert is followed to the end, with the KV values of the
-//     reverted version restored.
+//     an auto-revert is followed to the end (the reverted version renders
+//     its own configuration folder: no KV to restore).
 //
 // Errors: *InvalidError, *UnreachableError, *PlacementError, *DeployError,
 // *InterruptedError. The Summary is returned with every outcome it can
@@ -108,32 +109,34 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 		return finish("unchanged"), nil
 	}
 
-	changes, prior, err := c.writeKV(ctx)
+	written, created, err := c.writeKV(ctx)
 	if err != nil {
 		return nil, &unchanged{err} // one transaction: all or nothing
 	}
-	if len(changes) == 0 {
-		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: no change under %s", c.configPrefix())})
-	} else {
-		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %d key(s) written in one transaction under %s (previous values kept in %sprevious)",
-			len(changes), c.configPrefix(), c.root())})
+	switch {
+	case written == 0:
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %s holds this configuration already", c.configPrefix())})
+	case created:
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %d key(s) written in one transaction under %s (a new folder: the running version keeps reading its own)",
+			written, c.configPrefix())})
+	default:
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %d key(s) under %s repaired (they differed from the spec)", written, c.configPrefix())})
 	}
-	// Until the job is registered, a failure puts the previous values
-	// back: a gateway of the running version that restarts (a crash, a
-	// node drain) must not come up with values that were never deployed.
+	// Until the job is registered, a failure deletes the folder this
+	// deploy created: nothing reads it, and nothing is left behind.
 	undo := func(cause error) error {
-		if len(changes) == 0 {
+		if !created {
 			return &unchanged{cause}
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if cs := c.runningChecksum(uctx); cs != "" && cs == c.job.Meta[jobs.MetaConfigChecksum] {
-			return cause // registered after all (the answer was lost): the new values stay
+			return cause // registered after all (the answer was lost): the folder is in use
 		}
-		if err := c.undoKV(uctx, prior); err != nil {
-			return fmt.Errorf("%w; restoring the previous Consul KV values failed too (they are under %sprevious): %v", cause, c.root(), err)
+		if err := c.dropConfig(uctx); err != nil {
+			return fmt.Errorf("%w; deleting the unused KV folder %s failed too (no job version reads it): %v", cause, c.configPrefix(), err)
 		}
-		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: the previous values under %s are back (the job was not registered)", c.configPrefix())})
+		emit(Event{Type: EventKV, Message: fmt.Sprintf("Consul KV: %s deleted again (the job was not registered)", c.configPrefix())})
 		return &unchanged{cause}
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -165,10 +168,10 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 		msg += "; warnings: " + strings.TrimSpace(resp.Warnings)
 	}
 	emit(Event{Type: EventRegister, Message: msg})
-	if n, err := c.pruneSnapshots(ctx); err != nil {
-		emit(Event{Type: EventMessage, Message: fmt.Sprintf("warning: pruning old KV snapshots: %v", err)})
+	if n, err := c.pruneConfigs(ctx); err != nil {
+		emit(Event{Type: EventMessage, Message: fmt.Sprintf("warning: pruning old KV configuration folders: %v", err)})
 	} else if n > 0 {
-		emit(Event{Type: EventMessage, Message: fmt.Sprintf("Consul KV: %d snapshot(s) of configurations no tracked job version uses deleted", n)})
+		emit(Event{Type: EventMessage, Message: fmt.Sprintf("Consul KV: %d configuration folder(s) no tracked job version uses deleted", n)})
 	}
 	if opts.Detach {
 		sum.Message = "detached: follow the rollout with `gwnomad status`"

@@ -46,13 +46,14 @@
 //
 // # Consul KV
 //
-// Under gwnomad/<cluster>/: config/... are the values the template reads
-// (templates.KV); previous holds the config/ values a deploy replaced;
-// snapshots/<checksum> holds the config/ values of every configuration
-// deployed, keyed by the job meta gwnomad.config_checksum. When Nomad
-// reverts a failed version, the reverted job's checksum names the
-// snapshot that Deploy writes back, so the old version renders its own
-// values when its nodes restart.
+// Under gwnomad/<cluster>/config/, each configuration (a set of [config]
+// values) has a folder of its own, named by its ID (templates.KV), written
+// once and never changed. A job version's template names its folder (job
+// meta gwnomad.kv_prefix), so every node renders its own version's values:
+// an old node restarting during a rollout, or a version Nomad reverts to,
+// needs nothing from gwnomad. A deploy that fails before Nomad takes the
+// job deletes the folder it wrote; after a registration, folders that no
+// job version Nomad still tracks names are deleted.
 //
 // # Status and stop
 //

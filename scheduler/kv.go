@@ -3,12 +3,10 @@ package scheduler
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"path"
 	"sort"
 	"strings"
-	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 
@@ -19,23 +17,26 @@ import (
 
 // KV layout of a cluster, under gwnomad/<cluster>/:
 //
-//	config/...             the [config] values the template reads (templates.KV)
-//	previous               JSON: the config/ values before the last deploy wrote
-//	snapshots/<checksum>   JSON: the config/ values of each configuration
-//	                       deployed, keyed by the job meta gwnomad.config_checksum;
-//	                       pruned to those of the job versions Nomad tracks
+//	config/<id>/...   the [config] values of one configuration
+//	                  (templates.KV), one folder per configuration, named
+//	                  by its ID and never changed once written
 //
-// A deploy writes config/, previous and the snapshot in one transaction. When
-// Nomad reverts the job, the reverted version's checksum names the snapshot
-// to restore, so that the old version renders its own values again.
+// A job version's template names its configuration's folder (the job meta
+// gwnomad.kv_prefix says which), so each version renders its own values:
+// a node of the old version restarting during a rollout, or Nomad reverting
+// a failed version, needs nothing from gwnomad. A deploy writes the new
+// folder in one transaction before it registers the job, deletes it again
+// if the job is not registered, and after registering deletes the folders
+// no job version Nomad still tracks names.
 
 // maxTxnOps is Consul's limit of operations in one transaction.
 const maxTxnOps = 64
 
-// KVChange is one Consul KV key a deploy adds, changes or deletes.
+// KVChange is one [config] value a deploy adds, changes or deletes,
+// compared with the configuration the registered job renders.
 type KVChange struct {
-	Op  string `json:"op"` // "add", "change" or "delete"
-	Key string `json:"key"`
+	Op  string `json:"op"`  // "add", "change" or "delete"
+	Key string `json:"key"` // the key's path joined by '/' ("apim/key_manager/service_url")
 	// Old and New are the TOML-encoded values, secrets redacted.
 	Old string `json:"old,omitempty"`
 	New string `json:"new,omitempty"`
@@ -43,42 +44,68 @@ type KVChange struct {
 	value []byte // the real new value
 }
 
-// Snapshot is the config/ values of one configuration (JSON in KV).
-type Snapshot struct {
-	Checksum string            `json:"checksum,omitempty"`
-	Written  time.Time         `json:"written"`
-	Values   map[string]string `json:"values"`
-}
+// configPrefix is the folder of the spec's configuration (templates.KVPrefix).
+func (c *Client) configPrefix() string { return c.job.Meta[jobs.MetaKVPrefix] }
 
-func (c *Client) configPrefix() string { return templates.KVPrefix(c.spec) }
-
-// currentKV reads the config/ tree.
-func (c *Client) currentKV(ctx context.Context) (map[string][]byte, error) {
-	pairs, _, err := c.consul.KV().List(c.configPrefix(), c.cq(ctx))
+// readFolder reads the values under prefix, by their key below it.
+func (c *Client) readFolder(ctx context.Context, prefix string) (map[string][]byte, error) {
+	pairs, _, err := c.consul.KV().List(prefix, c.cq(ctx))
 	if err != nil {
-		return nil, c.cerr("reading KV "+c.configPrefix(), err)
+		return nil, c.cerr("reading KV "+prefix, err)
 	}
-	cur := map[string][]byte{}
+	vals := map[string][]byte{}
 	for _, p := range pairs {
 		if strings.HasSuffix(p.Key, "/") {
 			continue // folder
 		}
-		cur[p.Key] = p.Value
+		vals[strings.TrimPrefix(p.Key, prefix)] = p.Value
 	}
-	return cur, nil
+	return vals, nil
 }
 
-// KVDiff compares Consul KV with what the spec needs written.
-func (c *Client) KVDiff(ctx context.Context) ([]KVChange, error) {
-	want, err := templates.KV(c.spec)
+// wantKV is the spec's values by their key below configPrefix.
+func (c *Client) wantKV() (map[string][]byte, error) {
+	kv, err := templates.KV(c.spec)
 	if err != nil {
 		return nil, &InvalidError{Err: fmt.Errorf("computing KV values: %w", err)}
 	}
-	cur, err := c.currentKV(ctx)
+	want := make(map[string][]byte, len(kv))
+	for k, v := range kv {
+		want[strings.TrimPrefix(k, c.configPrefix())] = v
+	}
+	return want, nil
+}
+
+// KVDiff compares the values of the configuration the registered job
+// renders (none before the first deploy) with the spec's. When the spec's
+// configuration is the registered one, it compares with what its folder
+// holds: keys deleted by hand show up as adds, which deploy writes back.
+func (c *Client) KVDiff(ctx context.Context) ([]KVChange, error) {
+	want, err := c.wantKV()
 	if err != nil {
 		return nil, err
 	}
+	cur := map[string][]byte{}
+	if rp := c.runningPrefix(ctx); rp != "" {
+		if cur, err = c.readFolder(ctx, rp); err != nil {
+			return nil, err
+		}
+	}
 	return diffKV(cur, want), nil
+}
+
+// runningPrefix is the configuration folder of the job Nomad runs now (""
+// if none, or if it predates configuration folders).
+func (c *Client) runningPrefix(ctx context.Context) string {
+	job, _, err := c.nomad.Jobs().Info(c.JobID(), c.q(ctx))
+	if err != nil || job == nil {
+		return ""
+	}
+	p := job.Meta[jobs.MetaKVPrefix]
+	if !strings.HasPrefix(p, templates.ConfigsPrefix(c.spec)) || !templates.IsConfigID(path.Base(p)) {
+		return ""
+	}
+	return p
 }
 
 func diffKV(cur, want map[string][]byte) []KVChange {
@@ -119,104 +146,78 @@ func redactValue(key string, v []byte) string {
 	return spec.Redacted
 }
 
-// priorKV is what a deploy's KV transaction replaced: the config/ values
-// and the previous key (nil: absent).
-type priorKV struct {
-	config   map[string][]byte
-	previous []byte
-}
-
-// writeKV writes the spec's [config] values to Consul KV in one
-// transaction: the config/ keys set (and stale ones deleted), the values
-// they replace saved under previous, and a snapshot of the new values under
-// snapshots/<checksum>. It returns the changes made (nil: nothing to do)
-// and what it replaced, for undoKV.
-func (c *Client) writeKV(ctx context.Context) ([]KVChange, *priorKV, error) {
-	want, err := templates.KV(c.spec)
+// writeKV makes the spec's configuration folder hold exactly the spec's
+// values, in one transaction. Usually the folder is new; an existing one
+// (the same values deployed before) is only repaired if someone changed
+// it. It reports the keys written and whether the folder was new (so
+// that a failed deploy deletes it again: dropConfig).
+func (c *Client) writeKV(ctx context.Context) (written int, created bool, err error) {
+	want, err := c.wantKV()
 	if err != nil {
-		return nil, nil, &InvalidError{Err: fmt.Errorf("computing KV values: %w", err)}
+		return 0, false, err
 	}
-	cur, err := c.currentKV(ctx)
+	prefix := c.configPrefix()
+	cur, err := c.readFolder(ctx, prefix)
 	if err != nil {
-		return nil, nil, err
+		return 0, false, err
 	}
-	changes := diffKV(cur, want)
-	prior := &priorKV{config: cur}
-	sum := c.job.Meta[jobs.MetaConfigChecksum]
-	snap, err := json.Marshal(Snapshot{Checksum: sum, Written: time.Now().UTC(), Values: strs(want)})
-	if err != nil {
-		return nil, nil, fmt.Errorf("encoding KV snapshot: %w", err)
-	}
-	ops := consulapi.KVTxnOps{{Verb: consulapi.KVSet, Key: c.root() + "snapshots/" + sum, Value: snap}}
-	if len(changes) > 0 {
-		rs := c.runningChecksum(ctx)
-		prev, err := json.Marshal(Snapshot{Checksum: rs, Written: time.Now().UTC(), Values: strs(cur)})
-		if err != nil {
-			return nil, nil, fmt.Errorf("encoding previous KV values: %w", err)
-		}
-		ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: c.root() + "previous", Value: prev})
-		p, _, err := c.consul.KV().Get(c.root()+"previous", c.cq(ctx))
-		if err != nil {
-			return nil, nil, c.cerr("reading KV "+c.root()+"previous", err)
-		}
-		if p != nil {
-			prior.previous = p.Value
-		}
-		if rs != "" && rs != sum {
-			// The values now in KV are those of the running version: keep
-			// them under its checksum unless a snapshot already exists.
-			old, err := json.Marshal(Snapshot{Checksum: rs, Written: time.Now().UTC(), Values: strs(cur)})
-			if err != nil {
-				return nil, nil, fmt.Errorf("encoding KV snapshot: %w", err)
-			}
-			if p, _, err := c.consul.KV().Get(c.root()+"snapshots/"+rs, c.cq(ctx)); err == nil && p == nil {
-				ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: c.root() + "snapshots/" + rs, Value: old})
-			}
-		}
-	}
-	for _, ch := range changes {
+	var ops consulapi.KVTxnOps
+	for _, ch := range diffKV(cur, want) {
 		if ch.Op == "delete" {
-			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: ch.Key})
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: prefix + ch.Key})
 		} else {
-			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: ch.Key, Value: ch.value})
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: prefix + ch.Key, Value: ch.value})
 		}
+	}
+	if len(ops) == 0 {
+		return 0, false, nil
 	}
 	if err := c.txn(ctx, ops); err != nil {
-		return nil, nil, err
+		return 0, false, err
 	}
-	return changes, prior, nil
+	return len(ops), len(cur) == 0, nil
 }
 
-// pruneSnapshots deletes the snapshots no job version that Nomad still
-// tracks refers to (Nomad keeps the last 6 by default; an auto-revert can
+// dropConfig deletes the spec's configuration folder (which writeKV
+// created) unless the registered job uses it after all.
+func (c *Client) dropConfig(ctx context.Context) error {
+	if c.runningPrefix(ctx) == c.configPrefix() {
+		return nil
+	}
+	return c.txn(ctx, consulapi.KVTxnOps{{Verb: consulapi.KVDeleteTree, Key: c.configPrefix()}})
+}
+
+// pruneConfigs deletes the configuration folders that no job version Nomad
+// still tracks names (Nomad keeps the last 6 by default; an auto-revert can
 // only go back to one of those). It reports how many it deleted.
-func (c *Client) pruneSnapshots(ctx context.Context) (int, error) {
+func (c *Client) pruneConfigs(ctx context.Context) (int, error) {
 	versions, _, _, err := c.nomad.Jobs().Versions(c.JobID(), false, c.q(ctx))
 	if err != nil {
 		return 0, c.nerr("reading the versions of job "+c.JobID(), err)
 	}
 	keep := map[string]bool{}
 	for _, v := range versions {
-		if cs := v.Meta[jobs.MetaConfigChecksum]; cs != "" {
-			keep[cs] = true
+		if p := v.Meta[jobs.MetaKVPrefix]; p != "" {
+			keep[p] = true
 		}
 	}
 	if len(keep) == 0 {
-		return 0, nil // nothing tells which snapshots are in use: keep all
+		return 0, nil // nothing tells which folders are in use: keep all
 	}
-	prefix := c.root() + "snapshots/"
-	keys, _, err := c.consul.KV().Keys(prefix, "", c.cq(ctx))
+	root := templates.ConfigsPrefix(c.spec)
+	keys, _, err := c.consul.KV().Keys(root, "/", c.cq(ctx))
 	if err != nil {
-		return 0, c.cerr("listing KV "+prefix, err)
+		return 0, c.cerr("listing KV "+root, err)
 	}
 	var ops consulapi.KVTxnOps
 	for _, k := range keys {
-		if !keep[strings.TrimPrefix(k, prefix)] {
-			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k})
+		id := strings.TrimSuffix(strings.TrimPrefix(k, root), "/")
+		if strings.HasSuffix(k, "/") && templates.IsConfigID(id) && !keep[k] {
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDeleteTree, Key: k})
 		}
 	}
 	n := 0
-	for len(ops) > 0 { // pruning need not be atomic: one transaction per maxTxnOps keys
+	for len(ops) > 0 { // pruning need not be atomic: one transaction per maxTxnOps folders
 		batch := ops[:min(len(ops), maxTxnOps)]
 		if err := c.txn(ctx, batch); err != nil {
 			return n, err
@@ -273,71 +274,10 @@ func (c *Client) txnError(resp *consulapi.KVTxnResponse) error {
 	return fmt.Errorf("writing KV: transaction rolled back: %s", strings.Join(errs, "; "))
 }
 
-// RestoreKV writes back the config/ values of the configuration with the
-// given checksum (the snapshot a deploy saved), in one transaction. It
-// reports whether a snapshot was found.
-func (c *Client) RestoreKV(ctx context.Context, checksum string) (bool, error) {
-	p, _, err := c.consul.KV().Get(c.root()+"snapshots/"+checksum, c.cq(ctx))
-	if err != nil {
-		return false, c.cerr("reading KV snapshot", err)
-	}
-	if p == nil {
-		return false, nil
-	}
-	var snap Snapshot
-	if err := json.Unmarshal(p.Value, &snap); err != nil {
-		return false, fmt.Errorf("decoding KV snapshot %s: %w", p.Key, err)
-	}
-	want := map[string][]byte{}
-	for k, v := range snap.Values {
-		want[k] = []byte(v)
-	}
-	return true, c.putKV(ctx, want)
-}
-
-// undoKV puts back what writeKV replaced (the snapshot it wrote stays:
-// it is the values of its checksum whatever happens), in one transaction.
-func (c *Client) undoKV(ctx context.Context, p *priorKV) error {
-	op := &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: c.root() + "previous"}
-	if p.previous != nil {
-		op = &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: op.Key, Value: p.previous}
-	}
-	return c.putKV(ctx, p.config, op)
-}
-
-// putKV makes the config/ tree hold exactly want, with the extra
-// operations, in one transaction.
-func (c *Client) putKV(ctx context.Context, want map[string][]byte, extra ...*consulapi.KVTxnOp) error {
-	cur, err := c.currentKV(ctx)
-	if err != nil {
-		return err
-	}
-	ops := consulapi.KVTxnOps(extra)
-	for _, ch := range diffKV(cur, want) {
-		if ch.Op == "delete" {
-			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: ch.Key})
-		} else {
-			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: ch.Key, Value: ch.value})
-		}
-	}
-	if len(ops) == 0 {
-		return nil
-	}
-	return c.txn(ctx, ops)
-}
-
 // PurgeKV deletes the cluster's whole KV folder gwnomad/<cluster>/.
 func (c *Client) PurgeKV(ctx context.Context) error {
 	if _, err := c.consul.KV().DeleteTree(c.root(), (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
 		return c.cerr("deleting KV "+c.root(), err)
 	}
 	return nil
-}
-
-func strs(m map[string][]byte) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = string(v)
-	}
-	return out
 }

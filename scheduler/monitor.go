@@ -155,8 +155,8 @@ func (c *Client) follow(ctx context.Context, did string, version uint64, opts De
 	return sum, de
 }
 
-// afterRevert restores the KV values of the version Nomad reverted to and
-// follows the rollback deployment, so that the report ends with what serves.
+// afterRevert follows the rollback deployment, so that the report ends
+// with what serves.
 func (c *Client) afterRevert(ctx context.Context, w *watcher, failed uint64, sum *Summary, emit emitFunc) {
 	job, _, err := c.nomad.Jobs().Info(c.JobID(), c.q(ctx))
 	if err != nil {
@@ -164,16 +164,8 @@ func (c *Client) afterRevert(ctx context.Context, w *watcher, failed uint64, sum
 		return
 	}
 	sum.ServingVersion = deref(job.Version)
-	if cs := job.Meta[jobs.MetaConfigChecksum]; cs != "" && cs != c.job.Meta[jobs.MetaConfigChecksum] {
-		found, err := c.RestoreKV(ctx, cs)
-		switch {
-		case err != nil:
-			emit(Event{Type: EventRevert, Message: "restoring the KV values of the reverted version failed: " + err.Error()})
-		case found:
-			emit(Event{Type: EventRevert, Message: fmt.Sprintf("Consul KV values of the reverted configuration (checksum %s) restored under %s", cs[:min(12, len(cs))], c.configPrefix())})
-		default:
-			emit(Event{Type: EventRevert, Message: fmt.Sprintf("no KV snapshot of the reverted configuration (checksum %s): KV keeps the new values; the previous ones are in %sprevious", cs[:min(12, len(cs))], c.root())})
-		}
+	if p := job.Meta[jobs.MetaKVPrefix]; p != "" && p != c.configPrefix() {
+		emit(Event{Type: EventRevert, Message: fmt.Sprintf("the reverted version renders its own configuration, %s", p)})
 	}
 	// Nomad registers the reverted job as a new version and deploys it.
 	var rd *nomadapi.Deployment

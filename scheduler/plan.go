@@ -27,8 +27,14 @@ type Plan struct {
 	// Updates are Nomad's desired changes per task group (place, stop,
 	// in-place update, destructive update, canary...).
 	Updates map[string]*nomadapi.DesiredUpdates `json:"updates,omitempty"`
-	// KV are the Consul KV keys that would be written, secrets redacted.
+	// KV are the [config] values that differ from those of the registered
+	// job's configuration (KVFrom), secrets redacted.
 	KV []KVChange `json:"kv"`
+	// KVPrefix is the Consul KV folder of the spec's configuration, which
+	// the deploy writes and the new job version reads; KVFrom is the
+	// registered job's ("" before the first deploy).
+	KVPrefix string `json:"kv_prefix"`
+	KVFrom   string `json:"kv_from,omitempty"`
 	// Placement problems Nomad's plan found (empty: every node can be placed).
 	Placement []string `json:"placement,omitempty"`
 	Warnings  string   `json:"warnings,omitempty"`
@@ -74,6 +80,7 @@ func (c *Client) Plan(ctx context.Context) (*Plan, error) {
 	if p.KV, err = c.KVDiff(ctx); err != nil {
 		return nil, err
 	}
+	p.KVPrefix, p.KVFrom = c.configPrefix(), c.runningPrefix(ctx)
 	return p, nil
 }
 
@@ -107,7 +114,12 @@ func (p *Plan) Write(w io.Writer) {
 			fmt.Fprintf(w, "Scheduler: group %q: %s\n", g, s)
 		}
 	}
-	fmt.Fprintln(w, "Consul KV:")
+	switch {
+	case p.KVFrom == "" || p.KVFrom == p.KVPrefix:
+		fmt.Fprintf(w, "Consul KV %s:\n", p.KVPrefix)
+	default:
+		fmt.Fprintf(w, "Consul KV %s (the registered version reads %s):\n", p.KVPrefix, p.KVFrom)
+	}
 	if len(p.KV) == 0 {
 		fmt.Fprintln(w, "  no change")
 	}

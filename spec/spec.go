@@ -31,7 +31,7 @@ type Spec struct {
 // Cluster names the gateway cluster and where it runs.
 type Cluster struct {
 	// Name is the Nomad job ID, the prefix of the Consul KV path
-	// (gwnomad/<name>/config/) and a tag of every service instance.
+	// (gwnomad/<name>/config/<id>/) and a tag of every service instance.
 	// Default "apim-gw". Letters, digits, '-' and '_'.
 	Name string `toml:"name"`
 	// Datacenters the job may run in. Default ["dc1"].

@@ -44,7 +44,11 @@ func TestRenderAgainstConsul(t *testing.T) {
 		t.Errorf("Consul render differs from offline render:\n%s\n---\n%s", r.Output, offline.Output)
 	}
 
-	key := "gwnomad/apim-gw/config/apim/key_manager/service_url"
+	prefix, err := KVPrefix(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := prefix + "apim/key_manager/service_url"
 	if _, err := client.KV().Put(&consulapi.KVPair{Key: key, Value: []byte(`"https://km2:9443/services/"`)}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +60,7 @@ func TestRenderAgainstConsul(t *testing.T) {
 		t.Errorf("after the KV change service_url = %v", got)
 	}
 
-	for _, k := range []string{key, "gwnomad/apim-gw/config/super_admin/password"} {
+	for _, k := range []string{key, prefix + "super_admin/password"} {
 		if _, err := client.KV().Delete(k, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +70,7 @@ func TestRenderAgainstConsul(t *testing.T) {
 	if !errors.As(err, &missing) {
 		t.Fatalf("err = %v, want *MissingKeysError", err)
 	}
-	if strings.Join(missing.Keys, " ") != key+" gwnomad/apim-gw/config/super_admin/password" {
+	if strings.Join(missing.Keys, " ") != key+" "+prefix+"super_admin/password" {
 		t.Errorf("missing keys %q", missing.Keys)
 	}
 	if !strings.Contains(err.Error(), key) {
@@ -77,7 +81,7 @@ func TestRenderAgainstConsul(t *testing.T) {
 	if _, err := client.KV().Put(&consulapi.KVPair{Key: key, Value: []byte(`https://unquoted`)}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.KV().Put(&consulapi.KVPair{Key: "gwnomad/apim-gw/config/super_admin/password", Value: []byte(`"x"`)}, nil); err != nil {
+	if _, err := client.KV().Put(&consulapi.KVPair{Key: prefix + "super_admin/password", Value: []byte(`"x"`)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err = Render(ctx, s, Options{Consul: client}); err == nil || !strings.Contains(err.Error(), "not valid TOML") {

@@ -8,15 +8,21 @@
 // at render time (node_ip from NOMAD_IP_https; each port from
 // NOMAD_PORT_<label> minus the offset, so that port + offset, the port
 // WSO2 binds, is the port Nomad allocated). Every [config] value is one
-// Consul KV entry under gwnomad/<cluster>/config/, the key's path joined by
-// '/', the value TOML-encoded so that types survive:
+// Consul KV entry in the configuration's folder
+// gwnomad/<cluster>/config/<id>/ (id: 12 hex digits of the values'
+// SHA-256, ConfigID), the key's path joined by '/', the value TOML-encoded
+// so that types survive:
 //
-//	gwnomad/apim-gw/config/apim/key_manager/service_url = "https://km:9443/services/"
-//	gwnomad/apim-gw/config/apim/throttling/enable       = true
-//	gwnomad/apim-gw/config/apim/sync_runtime_artifacts/gateway/gateway_labels = ["Default"]
+//	gwnomad/apim-gw/config/3f2a9c41d0be/apim/key_manager/service_url = "https://km:9443/services/"
+//	gwnomad/apim-gw/config/3f2a9c41d0be/apim/throttling/enable       = true
+//
+// A folder is written once and never changed: the template of a job
+// version names its own folder, so a node of that version renders its
+// values whatever was deployed since (an old node restarting during a
+// rollout, an auto-revert).
 //
 // KV(spec) is exactly what deploy writes; Template(spec) lists each key
-// explicitly ({{ key "gwnomad/apim-gw/config/apim/key_manager/service_url" }}),
+// explicitly ({{ key "gwnomad/apim-gw/config/3f2a9c41d0be/apim/key_manager/service_url" }}),
 // so a missing key is named (Render returns a *MissingKeysError) instead of
 // a node waiting silently. With clustering on, [clustering] members are the
 // other nodes of the cluster as Consul sees them (consul-template service

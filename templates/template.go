@@ -23,36 +23,106 @@ const (
 // ServerRole is written as [server] server_role unless [config] sets it.
 const ServerRole = "gateway-worker"
 
-// KVPrefix is the Consul KV folder of a cluster's [config] values:
-// "gwnomad/<cluster>/config/".
-func KVPrefix(s *spec.Spec) string { return "gwnomad/" + s.Cluster.Name + "/config/" }
+// ConfigsPrefix is the Consul KV folder of a cluster's configurations:
+// "gwnomad/<cluster>/config/". Each configuration (a set of [config]
+// values) has its own folder below it, named by its ID.
+func ConfigsPrefix(s *spec.Spec) string { return "gwnomad/" + s.Cluster.Name + "/config/" }
 
-// KVKey is the Consul KV key of one deployment.toml key: the prefix, then
-// the key's path joined by '/' ("gwnomad/apim-gw/config/apim/key_manager/service_url").
-func KVKey(s *spec.Spec, path []string) string { return KVPrefix(s) + strings.Join(path, "/") }
+// A configuration's folder is never changed once written: a job version's
+// template names its configuration's folder, so every node of that version
+// renders that version's values, whatever is deployed later. A node of the
+// old version restarting in the middle of a rollout, or Nomad's
+// auto-revert, brings the old values back with the old version, and a
+// deploy that fails before Nomad takes the job has changed nothing any
+// node reads.
 
-// KV returns what deploy must write to Consul KV: one entry per [config]
-// leaf, its value TOML-encoded (EncodeValue) so that types survive the trip
-// through KV and the template inserts it verbatim.
-func KV(s *spec.Spec) (map[string][]byte, error) {
+// values are the [config] leaves, TOML-encoded (EncodeValue) so that types
+// survive the trip through KV, by their path joined by '/'.
+func values(s *spec.Spec) (map[string][]byte, error) {
 	leaves, err := s.ConfigLeaves()
 	if err != nil {
 		return nil, err
 	}
-	kv := make(map[string][]byte, len(leaves))
+	vals := make(map[string][]byte, len(leaves))
 	for _, l := range leaves {
 		v, err := EncodeValue(l.Value)
 		if err != nil {
 			return nil, fmt.Errorf("config.%s: %w", l.Dotted(), err)
 		}
-		kv[KVKey(s, l.Path)] = v
+		vals[strings.Join(l.Path, "/")] = v
+	}
+	return vals, nil
+}
+
+// configID names a set of values: 12 hex digits of their SHA-256.
+func configID(vals map[string][]byte) string {
+	h := sha256.New()
+	for _, k := range sortedKeys(vals) {
+		fmt.Fprintf(h, "%d %s %d %s\n", len(k), k, len(vals[k]), vals[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+func sortedKeys(m map[string][]byte) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// ConfigID is the ID of the spec's configuration: the name of its folder
+// under ConfigsPrefix.
+func ConfigID(s *spec.Spec) (string, error) {
+	vals, err := values(s)
+	if err != nil {
+		return "", err
+	}
+	return configID(vals), nil
+}
+
+// IsConfigID tells a configuration's folder name from anything else under
+// ConfigsPrefix.
+func IsConfigID(id string) bool {
+	if len(id) != 12 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// KVPrefix is the Consul KV folder of the spec's configuration:
+// "gwnomad/<cluster>/config/<id>/".
+func KVPrefix(s *spec.Spec) (string, error) {
+	id, err := ConfigID(s)
+	if err != nil {
+		return "", err
+	}
+	return ConfigsPrefix(s) + id + "/", nil
+}
+
+// KV returns what deploy writes to Consul KV: one entry per [config] leaf
+// under KVPrefix, the key's path joined by '/'
+// ("gwnomad/apim-gw/config/3f2a9c41d0be/apim/key_manager/service_url"),
+// the value TOML-encoded so that the template inserts it verbatim.
+func KV(s *spec.Spec) (map[string][]byte, error) {
+	vals, err := values(s)
+	if err != nil {
+		return nil, err
+	}
+	prefix := ConfigsPrefix(s) + configID(vals) + "/"
+	kv := make(map[string][]byte, len(vals))
+	for k, v := range vals {
+		kv[prefix+k] = v
 	}
 	return kv, nil
 }
 
-// Checksum identifies the configuration a node renders: the template and
-// every KV value. jobs puts it in the job meta, so that a config change is a
-// new job version rolled out under the update strategy.
+// Checksum identifies the configuration a node renders: the template (which
+// names the configuration's folder) and every KV value. jobs puts it in the
+// job meta, so that a config change is a new job version rolled out under
+// the update strategy.
 func Checksum(s *spec.Spec) (string, error) {
 	tmpl, err := Template(s)
 	if err != nil {
@@ -62,14 +132,9 @@ func Checksum(s *spec.Spec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	keys := make([]string, 0, len(kv))
-	for k := range kv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	h := sha256.New()
 	fmt.Fprintf(h, "template %d\n%s\n", len(tmpl), tmpl)
-	for _, k := range keys {
+	for _, k := range sortedKeys(kv) {
 		fmt.Fprintf(h, "kv %d %s %d %s\n", len(k), k, len(kv[k]), kv[k])
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
@@ -91,6 +156,10 @@ func ServiceQuery(s *spec.Spec) string {
 // {{ key }} of its own Consul KV entry, so a missing one is named.
 func Template(s *spec.Spec) (string, error) {
 	leaves, err := s.ConfigLeaves()
+	if err != nil {
+		return "", err
+	}
+	prefix, err := KVPrefix(s)
 	if err != nil {
 		return "", err
 	}
@@ -124,12 +193,12 @@ func Template(s *spec.Spec) (string, error) {
 			`"{{ .Address }}:{{ $port }}", {{ end }}{{ end }}]`)
 	}
 	for _, l := range leaves {
-		t.set(l.Path, fmt.Sprintf(`{{ key %s }}`, quote(KVKey(s, l.Path))))
+		t.set(l.Path, fmt.Sprintf(`{{ key %s }}`, quote(prefix+strings.Join(l.Path, "/"))))
 	}
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# deployment.toml of a WSO2 API-M gateway node of cluster %q, rendered by\n", s.Cluster.Name)
-	fmt.Fprintf(&b, "# Nomad (consul-template) from the gwnomad spec and Consul KV %s.\n", KVPrefix(s))
+	fmt.Fprintf(&b, "# Nomad (consul-template) from the gwnomad spec and Consul KV %s.\n", prefix)
 	b.WriteString("# Generated by gwnomad: change the spec and run `gwnomad deploy`, never edit it on a node.\n")
 	t.emit(&b)
 	return b.String(), nil

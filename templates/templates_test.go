@@ -96,21 +96,38 @@ func TestKV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	prefix, err := KVPrefix(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSuffix(strings.TrimPrefix(prefix, "gwnomad/apim-gw/config/"), "/")
+	if !IsConfigID(id) {
+		t.Fatalf("KVPrefix %q: not gwnomad/apim-gw/config/<id>/", prefix)
+	}
 	want := map[string]string{
-		"gwnomad/apim-gw/config/apim/key_manager/service_url":                   `"https://km:9443/services/"`,
-		"gwnomad/apim-gw/config/super_admin/create_admin_account":               `true`,
-		"gwnomad/apim-gw/config/apim/throttling/throttle_decision_endpoints":    `["tcp://tm1:5672", "tcp://tm2:5672"]`,
-		"gwnomad/apim-gw/config/apim/throttling/url_group":                      `[{ traffic_manager_urls = ["tcp://tm1:9611"], type = "loadbalance" }]`,
-		"gwnomad/apim-gw/config/system/parameter/org.wso2.CipherTransformation": `"RSA/ECB/OAEPwithSHA1andMGF1Padding"`,
-		"gwnomad/apim-gw/config/keystore/tls/password":                          `"$secret{keystore_password}"`,
+		"apim/key_manager/service_url":                   `"https://km:9443/services/"`,
+		"super_admin/create_admin_account":               `true`,
+		"apim/throttling/throttle_decision_endpoints":    `["tcp://tm1:5672", "tcp://tm2:5672"]`,
+		"apim/throttling/url_group":                      `[{ traffic_manager_urls = ["tcp://tm1:9611"], type = "loadbalance" }]`,
+		"system/parameter/org.wso2.CipherTransformation": `"RSA/ECB/OAEPwithSHA1andMGF1Padding"`,
+		"keystore/tls/password":                          `"$secret{keystore_password}"`,
 	}
 	for k, v := range want {
-		if string(kv[k]) != v {
-			t.Errorf("KV[%s] = %s, want %s", k, kv[k], v)
+		if string(kv[prefix+k]) != v {
+			t.Errorf("KV[%s] = %s, want %s", prefix+k, kv[prefix+k], v)
 		}
 	}
 	if len(kv) != 13 {
 		t.Errorf("len(KV) = %d, want 13", len(kv))
+	}
+
+	// Another value is another folder; the same values, the same folder.
+	other := parse(t, strings.Replace(fullSpec, "https://km:9443/services/", "https://km2:9443/services/", 1))
+	if p2, _ := KVPrefix(other); p2 == prefix {
+		t.Errorf("a changed value keeps the folder %s", prefix)
+	}
+	if p3, _ := KVPrefix(parse(t, fullSpec)); p3 != prefix {
+		t.Errorf("the same values give %s and %s", prefix, p3)
 	}
 }
 

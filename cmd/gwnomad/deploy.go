@@ -32,9 +32,10 @@ deploy rolls the gateway cluster described by the spec out on Nomad:
      (the nodes that lack them are named);
   3. prints the plan: Nomad's job diff and the Consul KV changes (secrets
      redacted);
-  4. writes the [config] values to Consul KV in one transaction, keeping the
-     previous values (gwnomad/<cluster>/previous and a snapshot per
-     configuration, restored when Nomad auto-reverts);
+  4. writes the [config] values to Consul KV in one transaction, into the
+     configuration's own folder (gwnomad/<cluster>/config/<id>/, which only
+     the new job version reads: the running version, and any version Nomad
+     reverts to, keep reading their own);
   5. registers the job and follows the deployment to its end: per task group
      desired/placed/healthy/unhealthy, per node its Consul liveness and
      readiness; a live view on a terminal, one line per change otherwise, one

@@ -22,6 +22,7 @@ import (
 	"github.com/gwnomad/gwnomad/jobs"
 	"github.com/gwnomad/gwnomad/scheduler"
 	"github.com/gwnomad/gwnomad/spec"
+	"github.com/gwnomad/gwnomad/templates"
 )
 
 // The issue's "Done when", against one harness cluster (real Nomad: 1
@@ -58,7 +59,7 @@ func TestDeployEndToEnd(t *testing.T) {
 		if code != exitFailed {
 			t.Fatalf("plan: exit %d, want 1 (changes)\n%s\n%s", code, out, errs)
 		}
-		for _, want := range []string{"not registered yet", "+ gwnomad/apim-gw/config/apim/key_manager/service_url", "to place"} {
+		for _, want := range []string{"not registered yet", "Consul KV gwnomad/apim-gw/config/", "+ apim/key_manager/service_url", "to place"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("plan output lacks %q:\n%s", want, out)
 			}
@@ -108,8 +109,23 @@ func TestDeployEndToEnd(t *testing.T) {
 		if len(nodes) != 3 {
 			t.Errorf("instances not on 3 different clients: %v", nodes)
 		}
-		if p, _, _ := consul.KV().Get("gwnomad/apim-gw/previous", nil); p == nil {
-			t.Error("no previous values kept in KV")
+		// KV holds the spec's values, in the folder the job names.
+		want, err := templates.KV(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, _, err := nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix := job.Meta[jobs.MetaKVPrefix]
+		for k, v := range want {
+			if !strings.HasPrefix(k, prefix) {
+				t.Errorf("KV key %s outside the job's folder %s", k, prefix)
+			}
+			if p, _, err := consul.KV().Get(k, nil); err != nil || p == nil || string(p.Value) != string(v) {
+				t.Errorf("KV %s: %v (%v), want %s", k, p, err, v)
+			}
 		}
 	})
 
@@ -151,26 +167,31 @@ func TestDeployEndToEnd(t *testing.T) {
 		if code != exitFailed || !strings.Contains(out, "km2.am.wso2.com") || !strings.Contains(out, jobs.MetaConfigChecksum) {
 			t.Fatalf("plan: exit %d, want 1 with the KV and checksum change\n%s\n%s", code, out, errs)
 		}
-		// A snapshot of a configuration no job version uses any more.
-		stale := "gwnomad/apim-gw/snapshots/000000000000"
-		if _, err := consul.KV().Put(&consulapi.KVPair{Key: stale, Value: []byte("{}")}, nil); err != nil {
+		// A folder of a configuration no job version uses any more.
+		stale := "gwnomad/apim-gw/config/000000000000/x"
+		if _, err := consul.KV().Put(&consulapi.KVPair{Key: stale, Value: []byte("1")}, nil); err != nil {
 			t.Fatal(err)
 		}
 		poll := startPoller(t, consul, service, tag)
 		code, out, errs = gw(t, "deploy", "-f", v2, "-o", "json")
 		minSeen, polls := poll()
 		if p, _, err := consul.KV().Get(stale, nil); err != nil || p != nil {
-			t.Errorf("stale snapshot still in KV (%v)", err)
+			t.Errorf("stale configuration folder still in KV (%v)", err)
 		}
 		versions, _, _, err := nomad.Jobs().Versions("apim-gw", false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
+		folders := map[string]bool{}
 		for _, v := range versions {
-			k := "gwnomad/apim-gw/snapshots/" + v.Meta[jobs.MetaConfigChecksum]
+			k := v.Meta[jobs.MetaKVPrefix] + "apim/key_manager/service_url"
+			folders[v.Meta[jobs.MetaKVPrefix]] = true
 			if p, _, err := consul.KV().Get(k, nil); err != nil || p == nil {
-				t.Errorf("job version %d: snapshot %s missing (%v)", *v.Version, k, err)
+				t.Errorf("job version %d: %s missing (%v)", *v.Version, k, err)
 			}
+		}
+		if len(folders) != 2 {
+			t.Errorf("job versions name %d configuration folders, want 2 (v1's and v2's): %v", len(folders), folders)
 		}
 		if code != exitOK {
 			t.Fatalf("deploy: exit %d, want 0\n%s\n%s", code, out, errs)
@@ -190,8 +211,8 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("Nomad lost between the KV write and the registration: the previous KV values are back", func(t *testing.T) {
-		before := kvDumpConfig(t, consul)
+	t.Run("Nomad lost between the KV write and the registration: KV as before", func(t *testing.T) {
+		before := kvDump(t, consul)
 		sb, _, err := spec.Load(broken) // a [config] change
 		if err != nil {
 			t.Fatal(err)
@@ -225,10 +246,10 @@ func TestDeployEndToEnd(t *testing.T) {
 		if !errors.As(err, &ue) || !scheduler.NothingChanged(err) {
 			t.Fatalf("Deploy: %v (%T), want Nomad unreachable and nothing changed", err, err)
 		}
-		if !stopped || !strings.Contains(events[len(events)-1].Message, "previous values") {
-			t.Errorf("no event tells the KV values are back: %+v", events)
+		if !stopped || !strings.Contains(events[len(events)-1].Message, "deleted again") {
+			t.Errorf("no event tells the new KV folder is gone: %+v", events)
 		}
-		if after := kvDumpConfig(t, consul); after != before {
+		if after := kvDump(t, consul); after != before {
 			t.Errorf("KV not as before the deploy:\nbefore %s\nafter  %s", before, after)
 		}
 	})
@@ -238,7 +259,7 @@ func TestDeployEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		goodSum := job.Meta[jobs.MetaConfigChecksum]
+		goodSum, goodPrefix := job.Meta[jobs.MetaConfigChecksum], job.Meta[jobs.MetaKVPrefix]
 		code, out, errs := gw(t, "deploy", "-f", broken)
 		if code != exitFailed {
 			t.Fatalf("deploy: exit %d, want 1\n%s\n%s", code, out, errs)
@@ -272,13 +293,20 @@ func TestDeployEndToEnd(t *testing.T) {
 				t.Errorf("alloc %s still runs the broken version: %s", a.ID[:8], args)
 			}
 		}
-		// The KV values of the reverted version are back, and so is every
-		// node's rendered file.
-		p, _, err := consul.KV().Get("gwnomad/apim-gw/config/apim/key_manager/service_url", nil)
-		if err != nil || p == nil || string(p.Value) != `"https://km2.am.wso2.com:9443/services/"` {
-			t.Fatalf("KV not restored after the revert: %v %v", p, err)
+		// The reverted version reads its own folder, untouched by the failed
+		// deploy: every node renders its value, with nothing restored.
+		job, _, err = nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-		testenv.WaitFor(t, time.Minute, "every node rendering the restored value", func() error {
+		if p := job.Meta[jobs.MetaKVPrefix]; p != goodPrefix {
+			t.Errorf("the reverted job reads %s, want %s", p, goodPrefix)
+		}
+		p, _, err := consul.KV().Get(goodPrefix+"apim/key_manager/service_url", nil)
+		if err != nil || p == nil || string(p.Value) != `"https://km2.am.wso2.com:9443/services/"` {
+			t.Fatalf("the reverted version's KV folder changed: %v %v", p, err)
+		}
+		testenv.WaitFor(t, time.Minute, "every node rendering the reverted version's value", func() error {
 			for _, a := range runningAllocs(t, nomad) {
 				if body := allocFile(t, nomad, a.ID, "gateway"+jobs.ConfigPath(s)); !strings.Contains(body, "https://km2.am.wso2.com:9443/services/") {
 					return fmt.Errorf("alloc %s on %s renders:\n%s", a.ID[:8], a.NodeName, body)
@@ -595,19 +623,6 @@ func startNomad(t *testing.T, st *devstack.Stack) {
 	if err := st.NomadServer.WaitLeader(ctx); err != nil {
 		t.Error(err)
 	}
-}
-
-// kvDumpConfig is kvDump without the snapshots (one per configuration
-// ever written, by checksum).
-func kvDumpConfig(t *testing.T, consul *consulapi.Client) string {
-	t.Helper()
-	var b strings.Builder
-	for _, kv := range strings.SplitAfter(kvDump(t, consul), ";") {
-		if !strings.Contains(kv, "/snapshots/") {
-			b.WriteString(kv)
-		}
-	}
-	return b.String()
 }
 
 func kvDump(t *testing.T, consul *consulapi.Client) string {

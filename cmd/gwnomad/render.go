@@ -32,10 +32,11 @@ Nomad API JSON {"Job": ...} that 'nomad job run -json' accepts; -o hcl is a
 readable HCL view of it.
 
 render config renders deployment.toml for one node with consul-template, as
-Nomad does on every node: the [config] values come from Consul KV
-(gwnomad/<cluster>/config/...), or from the spec itself with --offline. The
-result is parsed back and checked for the keys a gateway needs; a missing KV
-key is named (Nomad would wait for it forever). Secrets (keys named like
+Nomad does on every node: the [config] values come from Consul KV (the
+configuration's folder, gwnomad/<cluster>/config/<id>/..., which exists once
+the spec was deployed), or from the spec itself with --offline. The result
+is parsed back and checked for the keys a gateway needs; a missing KV key is
+named (Nomad would wait for it forever). Secrets (keys named like
 password/secret/token/...key, and $secret{...} values) are shown redacted.
 Ports are the spec's (port + offset); dynamic ports render as 0.
 
