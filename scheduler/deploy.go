@@ -149,6 +149,21 @@ func (c *Client) Deploy(ctx context.Context, opts DeployOptions) (*Summary, erro
 		}
 		return nil, undo(fmt.Errorf("deployment.toml does not render against Consul KV: %w", err))
 	}
+	if plan.JobExists && (plan.JobDiff == nil || plan.JobDiff.Type == "None") {
+		// Only the registered configuration's folder was incomplete (keys
+		// deleted by hand): it is whole again, and the job is as it was.
+		st, err := c.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sum.JobVersion, sum.ServingVersion = st.JobVersion, st.JobVersion
+		c.fillNodes(ctx, sum)
+		if sum.Ready < sum.Count {
+			finish("failed")
+			return sum, fmt.Errorf("KV repaired, but only %d of %d gateway nodes pass both checks (see `gwnomad status`)", sum.Ready, sum.Count)
+		}
+		return finish("repaired"), nil
+	}
 
 	resp, _, err := c.nomad.Jobs().RegisterOpts(c.job, &nomadapi.RegisterOptions{EnforceIndex: true, ModifyIndex: plan.jobModifyIndex}, c.w(ctx))
 	if err != nil {

@@ -184,7 +184,7 @@ func (l *live) draw() {
 
 // Summary is the end of a deploy: how it ended, the nodes, how long it took.
 type Summary struct {
-	// Outcome: "healthy", "unchanged", "detached", "failed", "placement_failed",
+	// Outcome: "healthy", "unchanged", "repaired" (KV only), "detached", "failed", "placement_failed",
 	// "interrupted".
 	Outcome      string `json:"outcome"`
 	Job          string `json:"job"`

@@ -25,9 +25,10 @@ import (
 // gwnomad.kv_prefix says which), so each version renders its own values:
 // a node of the old version restarting during a rollout, or Nomad reverting
 // a failed version, needs nothing from gwnomad. A deploy writes the new
-// folder in one transaction before it registers the job, deletes it again
-// if the job is not registered, and after registering deletes the folders
-// no job version Nomad still tracks names.
+// folder (in transactions of up to 64 keys: no job reads it yet) before it
+// registers the job, deletes it again if the job is not registered, and
+// after registering deletes the folders no job version Nomad still tracks
+// names.
 
 // maxTxnOps is Consul's limit of operations in one transaction.
 const maxTxnOps = 64
@@ -172,10 +173,23 @@ func (c *Client) writeKV(ctx context.Context) (written int, created bool, err er
 	if len(ops) == 0 {
 		return 0, false, nil
 	}
-	if err := c.txn(ctx, ops); err != nil {
-		return 0, false, err
+	created = len(cur) == 0
+	// Consul takes at most maxTxnOps operations per transaction. A folder
+	// needs no atomic write: no job version reads it before it is whole
+	// (Deploy renders against it before registering), and a failed deploy
+	// deletes what it created.
+	for len(ops) > 0 {
+		batch := ops[:min(len(ops), maxTxnOps)]
+		if err := c.txn(ctx, batch); err != nil {
+			if written > 0 && created {
+				return written, created, fmt.Errorf("%w (after %d of the folder's keys were written)", err, written)
+			}
+			return written, created, err
+		}
+		written += len(batch)
+		ops = ops[len(batch):]
 	}
-	return len(ops), len(cur) == 0, nil
+	return written, created, nil
 }
 
 // dropConfig deletes the spec's configuration folder (which writeKV
@@ -237,10 +251,8 @@ func (c *Client) runningChecksum(ctx context.Context) string {
 	return job.Meta[jobs.MetaConfigChecksum]
 }
 
+// txn runs at most maxTxnOps operations in one Consul transaction.
 func (c *Client) txn(ctx context.Context, ops consulapi.KVTxnOps) error {
-	if len(ops) > maxTxnOps {
-		return &InvalidError{Err: fmt.Errorf("writing KV: %d operations, more than the %d Consul allows in one transaction: too many [config] keys", len(ops), maxTxnOps)}
-	}
 	ok, resp, _, err := c.consul.KV().Txn(ops, c.cq(ctx))
 	if err != nil {
 		return c.cerr("writing KV (transaction)", err)

@@ -162,6 +162,35 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a KV key deleted by hand: plan shows it, deploy writes it back, same job version", func(t *testing.T) {
+		job, _, err := nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := job.Meta[jobs.MetaKVPrefix] + "apim/key_manager/service_url"
+		if _, err := consul.KV().Delete(key, nil); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errs := gw(t, "plan", "-f", v1)
+		if code != exitFailed || !strings.Contains(out, "+ apim/key_manager/service_url") {
+			t.Fatalf("plan: exit %d, want 1 with the key to add\n%s\n%s", code, out, errs)
+		}
+		code, out, errs = gw(t, "deploy", "-f", v1)
+		if code != exitOK || !strings.Contains(out, "repaired") {
+			t.Fatalf("deploy: exit %d, want 0 (repaired)\n%s\n%s", code, out, errs)
+		}
+		if p, _, err := consul.KV().Get(key, nil); err != nil || p == nil {
+			t.Errorf("%s not written back (%v)", key, err)
+		}
+		after, _, err := nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if *after.Version != *job.Version {
+			t.Errorf("job version %d, was %d: a KV repair is no new version", *after.Version, *job.Version)
+		}
+	})
+
 	t.Run("config change rolls out node by node", func(t *testing.T) {
 		code, out, errs := gw(t, "plan", "-f", v2)
 		if code != exitFailed || !strings.Contains(out, "km2.am.wso2.com") || !strings.Contains(out, jobs.MetaConfigChecksum) {
