@@ -1,5 +1,5 @@
 // Package scheduler is everything gwnomad says to Nomad and Consul when it
-// deploys a gateway cluster: the checks before, the Consul KV transaction,
+// deploys a gateway cluster: the checks before, the Consul KV folder,
 // the plan, the registration, the deployment monitor and its events, the
 // status rows, the stop.
 //
@@ -13,12 +13,13 @@
 // eligible clients in the job's datacenters have the host volume and a
 // healthy driver, else a *PlacementError naming the nodes), Plan (Nomad's
 // job plan with diff and the KV diff; a placement the plan already knows
-// to fail stops here), WriteKV (one Consul transaction), a render of
-// deployment.toml against Consul (every key the template needs exists),
-// the registration (check-index from the plan) and the monitor.
+// to fail stops here), the write of the configuration's own KV folder, a
+// render of deployment.toml against Consul (every key the template needs
+// exists), the registration (check-index from the plan) and the monitor.
 //
-// Every error before the KV write leaves nothing changed:
-// NothingChanged(err) says so.
+// Every error before the registration leaves nothing changed that a node
+// reads (a folder written for it is deleted again): NothingChanged(err)
+// says so.
 //
 // # What the monitor watches
 //

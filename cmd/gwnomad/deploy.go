@@ -32,7 +32,7 @@ deploy rolls the gateway cluster described by the spec out on Nomad:
      (the nodes that lack them are named);
   3. prints the plan: Nomad's job diff and the Consul KV changes (secrets
      redacted);
-  4. writes the [config] values to Consul KV in one transaction, into the
+  4. writes the [config] values to Consul KV, into the
      configuration's own folder (gwnomad/<cluster>/config/<id>/, which only
      the new job version reads: the running version, and any version Nomad
      reverts to, keep reading their own);
