@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -43,7 +44,10 @@ type NodeRow struct {
 	// does not pass.
 	ReadinessOutput string `json:"readiness_output,omitempty"`
 	JobVersion      uint64 `json:"job_version"`
-	Canary          bool   `json:"canary,omitempty"`
+	// Config is the ID of the configuration the node renders (the folder
+	// gwnomad/<cluster>/config/<id>/ its service meta kv_prefix names).
+	Config string `json:"config,omitempty"`
+	Canary bool   `json:"canary,omitempty"`
 	// Healthy is Nomad's deployment health of the allocation (nil: not set).
 	Healthy   *bool     `json:"healthy,omitempty"`
 	StartedAt time.Time `json:"started_at,omitzero"`
@@ -185,6 +189,9 @@ func (c *Client) row(ctx context.Context, a *nomadapi.AllocationListStub, inst *
 	}
 	if inst != nil {
 		r.Address = inst.Service.Address
+		if p := inst.Service.Meta["kv_prefix"]; p != "" {
+			r.Config = path.Base(p)
+		}
 		for k, v := range inst.Service.Meta {
 			if label, ok := strings.CutPrefix(k, jobs.MetaPortPrefix); ok {
 				var p int
@@ -287,7 +294,7 @@ func writeRows(w io.Writer, rows []NodeRow) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ALLOC\tNODE\tADDRESS\tPORTS\tNOMAD\tLIVENESS\tREADINESS\tVERSION\tUPTIME")
+	fmt.Fprintln(tw, "ALLOC\tNODE\tADDRESS\tPORTS\tNOMAD\tLIVENESS\tREADINESS\tVERSION\tCONFIG\tUPTIME")
 	for _, r := range rows {
 		v := fmt.Sprint(r.JobVersion)
 		if r.Canary {
@@ -301,8 +308,8 @@ func writeRows(w io.Writer, rows []NodeRow) {
 		if r.Desired != "" && r.Desired != "run" {
 			state += " (" + r.Desired + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Alloc, r.Node, orDash(r.Address), portsString(r.Ports),
-			state, r.Liveness, r.Readiness, v, up)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Alloc, r.Node, orDash(r.Address), portsString(r.Ports),
+			state, r.Liveness, r.Readiness, v, orDash(r.Config), up)
 	}
 	tw.Flush()
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -145,9 +146,17 @@ func TestDeployEndToEnd(t *testing.T) {
 		if !stat.Registered || stat.Ready != 3 || len(stat.Nodes) != 3 || stat.InProgress {
 			t.Fatalf("status: %+v", stat)
 		}
+		job, _, err := nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		folder := path.Base(job.Meta[jobs.MetaKVPrefix])
 		nodes := map[string]bool{}
 		for _, n := range stat.Nodes {
 			nodes[n.Node] = true
+			if n.Config != folder {
+				t.Errorf("node %s renders configuration %q, want the job's %q", n.Node, n.Config, folder)
+			}
 			if n.Nomad != "running" || n.Liveness != "passing" || n.Readiness != "passing" || n.Address == "" ||
 				n.Ports["https"] == 0 || n.Ports["passthru_https"] == 0 || n.Uptime == "" || n.JobVersion != stat.JobVersion {
 				t.Errorf("status row: %+v", n)

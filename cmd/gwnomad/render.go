@@ -172,7 +172,7 @@ func runRenderConfig(ctx context.Context, args []string, stdout, stderr io.Write
 		var cerr *templates.ConsulError
 		switch {
 		case errors.As(err, &missing):
-			fmt.Fprintf(stderr, "gwnomad render config: %v\n(gwnomad deploy writes them from the spec's [config]; or use --offline)\n", err)
+			fmt.Fprintf(stderr, "gwnomad render config: %v\n(each configuration has its own folder, written when it is deployed: if this spec's was never deployed, `gwnomad deploy` writes it; or use --offline)\n", err)
 			return exitFailed
 		case errors.As(err, &cerr):
 			fmt.Fprintf(stderr, "gwnomad render config: Consul at %s: %v\n", s.ConsulConfig().Address, err)
