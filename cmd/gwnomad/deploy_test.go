@@ -476,6 +476,80 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("an old node restarting mid-rollout renders the old values", func(t *testing.T) {
+		// A canary waiting for promotion holds the rollout half-way.
+		mid := writeSpec(t, dir, "canary-mid.toml", mustReplace(t, mustReplace(t,
+			mustReplace(t, changed, "max_parallel = 1", "max_parallel = 1\ncanary = 1"), "count = 3", "count = 2"),
+			"https://km2.am.wso2.com:9443/services/", "https://km5.am.wso2.com:9443/services/"))
+		code, out, errs := gw(t, "deploy", "-f", mid, "--detach")
+		if code != exitOK {
+			t.Fatalf("deploy --detach: exit %d\n%s\n%s", code, out, errs)
+		}
+		job, _, err := nomad.Jobs().Info("apim-gw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newVersion := *job.Version
+		var canary, old *nomadapi.AllocationListStub
+		testenv.WaitFor(t, 3*time.Minute, "a healthy canary and a running old node", func() error {
+			canary, old = nil, nil
+			for _, a := range runningAllocs(t, nomad) {
+				switch {
+				case a.JobVersion == newVersion && a.DeploymentStatus != nil && a.DeploymentStatus.Healthy != nil && *a.DeploymentStatus.Healthy:
+					canary = a
+				case a.JobVersion < newVersion:
+					old = a
+				}
+			}
+			if canary == nil || old == nil {
+				return fmt.Errorf("canary %v, old node %v", canary != nil, old != nil)
+			}
+			return nil
+		})
+		full, _, err := nomad.Allocations().Info(old.ID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restarts := full.TaskStates[jobs.TaskName].Restarts
+		if err := nomad.Allocations().Restart(full, jobs.TaskName, nil); err != nil {
+			t.Fatalf("restarting alloc %s: %v", old.ID[:8], err)
+		}
+		testenv.WaitFor(t, 2*time.Minute, "the old node restarted and running", func() error {
+			a, _, err := nomad.Allocations().Info(old.ID, nil)
+			if err != nil {
+				return err
+			}
+			ts := a.TaskStates[jobs.TaskName]
+			if ts == nil || ts.Restarts <= restarts || ts.State != "running" {
+				return fmt.Errorf("task %+v", ts)
+			}
+			return nil
+		})
+		if body := allocFile(t, nomad, old.ID, "gateway"+jobs.ConfigPath(s)); !strings.Contains(body, "https://km4.am.wso2.com:9443/services/") {
+			t.Errorf("the restarted old node renders:\n%s", body)
+		}
+		if body := allocFile(t, nomad, canary.ID, "gateway"+jobs.ConfigPath(s)); !strings.Contains(body, "https://km5.am.wso2.com:9443/services/") {
+			t.Errorf("the canary renders:\n%s", body)
+		}
+		d, _, err := nomad.Jobs().LatestDeployment("apim-gw", nil)
+		if err != nil || d == nil {
+			t.Fatalf("latest deployment: %v %v", d, err)
+		}
+		if _, _, err := nomad.Deployments().PromoteAll(d.ID, nil); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 3*time.Minute, "the promoted rollout to finish", func() error {
+			d, _, err := nomad.Deployments().Info(d.ID, nil)
+			if err != nil {
+				return err
+			}
+			if d.Status != nomadapi.DeploymentStatusSuccessful {
+				return fmt.Errorf("deployment %s: %s", d.Status, d.StatusDescription)
+			}
+			return nil
+		})
+	})
+
 	t.Run("Nomad stopped: exit 4, nothing written", func(t *testing.T) {
 		before := kvDump(t, consul)
 		if err := st.NomadServer.Proc.Stop(20 * time.Second); err != nil {
