@@ -103,6 +103,14 @@ type Proxy struct {
 	// MaxBodyBytes limits request bodies (413 beyond). Bodies are buffered
 	// whole, which is what lets any request be resent to another gateway.
 	MaxBodyBytes int `toml:"max_body_bytes"` // default 16777216 (16 MiB)
+	// MaxBufferedResponseBytes: a gateway's answer up to this size is
+	// buffered whole (so a 502/503/504 can still be retried elsewhere). A
+	// larger answer to an idempotent request (GET, HEAD, ...) is asked
+	// again from the same gateway and streamed to the client without being
+	// held in memory; to any other request it is answered 502. Streamed or
+	// not, an answer must arrive within upstream_timeout and reach the
+	// client within write_timeout. 0: no limit, every answer is buffered.
+	MaxBufferedResponseBytes int `toml:"max_buffered_response_bytes"` // default 4194304 (4 MiB)
 	// MaxConnsPerUpstream bounds the keep-alive pool to one gateway.
 	MaxConnsPerUpstream int `toml:"max_conns_per_upstream"` // default 1024
 	// MaxConns bounds concurrent client connections (0: 256*1024).
@@ -220,18 +228,19 @@ func Default() *Config {
 			CheckInterval:  Duration(5 * time.Second),
 		},
 		Proxy: Proxy{
-			Tries:               3,
-			RetryBudgetPercent:  20,
-			RetryBudgetMin:      10,
-			DialTimeout:         Duration(2 * time.Second),
-			UpstreamTimeout:     Duration(60 * time.Second),
-			ReadTimeout:         Duration(30 * time.Second),
-			WriteTimeout:        Duration(60 * time.Second),
-			IdleTimeout:         Duration(120 * time.Second),
-			MaxHeaderBytes:      16 << 10,
-			MaxBodyBytes:        16 << 20,
-			MaxConnsPerUpstream: 1024,
-			GracePeriod:         Duration(30 * time.Second),
+			Tries:                    3,
+			RetryBudgetPercent:       20,
+			RetryBudgetMin:           10,
+			DialTimeout:              Duration(2 * time.Second),
+			UpstreamTimeout:          Duration(60 * time.Second),
+			ReadTimeout:              Duration(30 * time.Second),
+			WriteTimeout:             Duration(60 * time.Second),
+			IdleTimeout:              Duration(120 * time.Second),
+			MaxHeaderBytes:           16 << 10,
+			MaxBodyBytes:             16 << 20,
+			MaxBufferedResponseBytes: 4 << 20,
+			MaxConnsPerUpstream:      1024,
+			GracePeriod:              Duration(30 * time.Second),
 		},
 		Health: Health{
 			ConsecutiveFailures: 3,
@@ -355,6 +364,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Proxy.MaxHeaderBytes < 1024 {
 		bad("proxy.max_header_bytes %d: at least 1024", c.Proxy.MaxHeaderBytes)
+	}
+	if c.Proxy.MaxBufferedResponseBytes < 0 {
+		bad("proxy.max_buffered_response_bytes: must not be negative")
 	}
 	if c.Proxy.MaxBodyBytes < 0 {
 		bad("proxy.max_body_bytes: must not be negative")

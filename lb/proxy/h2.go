@@ -81,20 +81,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	if p.opt.HSTS != "" && hr.TLS != nil {
 		h.Set("Strict-Transport-Security", p.opt.HSTS)
 	}
-	body := resp.Body()
-	if !resp.SkipBody && hr.Method != http.MethodHead {
-		h.Set("Content-Length", strconv.Itoa(len(body)))
+	size := bodyBytes(resp)
+	if !resp.SkipBody && hr.Method != http.MethodHead && (!resp.IsBodyStream() || resp.Header.ContentLength() >= 0) {
+		h.Set("Content-Length", strconv.Itoa(size))
 	}
 	code := resp.StatusCode()
 	w.WriteHeader(code)
 	if hr.Method != http.MethodHead {
-		_, _ = w.Write(body)
+		_ = resp.BodyWriteTo(w) // a streamed answer is copied, not held
 	}
 	p.record(r, &o, code, start)
 	if p.opt.AccessLog != nil {
 		p.opt.AccessLog.Write(&Entry{
 			Start: start, Remote: client, Method: []byte(hr.Method), Host: []byte(hr.Host),
-			URI: []byte(hr.URL.RequestURI()), Proto: []byte(hr.Proto), Status: code, Bytes: len(body),
+			URI: []byte(hr.URL.RequestURI()), Proto: []byte(hr.Proto), Status: code, Bytes: size,
 			Route: r, Upstream: o.up, Tries: o.tries, Err: o.err,
 		})
 	}

@@ -25,13 +25,17 @@
 //     and on a connection that broke before the answer. Tries bound the
 //     attempts of one request, and a retry budget bounds the retries of all
 //     requests together so that retries cannot multiply an overload.
-//     Bodies are buffered whole (up to max_body_bytes), so any request can
-//     be resent.
+//     Request bodies are buffered whole (up to max_body_bytes), so any
+//     request can be resent.
 //  5. Connection failures and 5xx answers count against the instance's
 //     passive health (balancer.Route.ReportFailure); other answers reset it.
 //  6. Hop-by-hop headers are dropped from the answer too; the client
 //     connection's keep-alive is the balancer's business, not the gateway's.
 //  7. If every try failed: 504 after a timeout, 502 otherwise.
+//  8. An answer larger than max_buffered_response_bytes is not held in
+//     memory: to an idempotent request it is asked again from the same
+//     gateway and streamed to the client (not counted as a retry nor as a
+//     failure); any other request gets 502.
 package proxy
 
 import (
@@ -61,6 +65,9 @@ type Options struct {
 	DialTimeout         time.Duration
 	UpstreamTimeout     time.Duration // to write the request and read the whole answer
 	MaxConnsPerUpstream int
+	// MaxBufferedResponse: larger answers are streamed (idempotent
+	// requests) or refused with 502 (others); 0: no limit.
+	MaxBufferedResponse int
 	FailOn5xx           bool // every 5xx is a passive-health failure (502/503/504 always are)
 	Trusted             []netip.Prefix
 	// RetryAfter is the Retry-After value of a 503 without instances.
@@ -84,7 +91,8 @@ func OptionsFrom(c *config.Config) (Options, error) {
 	return Options{
 		Tries: c.Proxy.Tries, RetryBudgetPercent: c.Proxy.RetryBudgetPercent, RetryBudgetMin: c.Proxy.RetryBudgetMin,
 		DialTimeout: c.Proxy.DialTimeout.D(), UpstreamTimeout: c.Proxy.UpstreamTimeout.D(),
-		MaxConnsPerUpstream: c.Proxy.MaxConnsPerUpstream, FailOn5xx: c.Health.FailOn5xx, Trusted: trusted,
+		MaxConnsPerUpstream: c.Proxy.MaxConnsPerUpstream, MaxBufferedResponse: c.Proxy.MaxBufferedResponseBytes,
+		FailOn5xx: c.Health.FailOn5xx, Trusted: trusted,
 	}, nil
 }
 
@@ -242,6 +250,7 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 			DisablePathNormalizing:        true,
 			DisableHeaderNamesNormalizing: false,
 			ReadBufferSize:                16 << 10,
+			MaxResponseBodySize:           p.opt.MaxBufferedResponse,
 
 			// The connection used last goes out first: it is warm on both
 			// ends, the ones beyond what the load needs idle out, and
@@ -327,6 +336,7 @@ func (p *Proxy) forward(r *balancer.Route, req *fasthttp.Request, resp *fasthttp
 	// to the gateway, if any, is done there): the scheme must say http
 	// whatever the client used.
 	req.URI().SetSchemeBytes(schemeHTTP)
+	resp.StreamBody = false // set below for one answer; the Response is reused
 	var tried balancer.Tried
 	for attempt := 0; attempt < p.opt.Tries; attempt++ {
 		nowNano := now.UnixNano()
@@ -353,8 +363,16 @@ func (p *Proxy) forward(r *balancer.Route, req *fasthttp.Request, resp *fasthttp
 		ux := u.Ext.(*upstreamExt)
 		u.Acquire()
 		err := ux.hc.Do(req, resp)
+		if errors.Is(err, fasthttp.ErrBodyTooLarge) && idem {
+			// Too large to buffer: ask again for a stream (rule 8).
+			resp.StreamBody = true
+			err = ux.hc.Do(req, resp)
+		}
 		u.Release()
 		o.err = err
+		if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+			return // the gateway is fine; the answer is too large to buffer
+		}
 		if err != nil {
 			p.failure(r, u, ux)
 			if nothingSent(err) || (idem && !isTimeout(err)) {
@@ -434,6 +452,9 @@ func (p *Proxy) writeError(resp *fasthttp.Response, o *outcome) {
 	case isTimeout(o.err):
 		resp.SetStatusCode(fasthttp.StatusGatewayTimeout)
 		resp.SetBodyString("gwnomad-lb: gateway timed out\n")
+	case errors.Is(o.err, fasthttp.ErrBodyTooLarge):
+		resp.SetStatusCode(fasthttp.StatusBadGateway)
+		resp.SetBodyString("gwnomad-lb: the gateway's answer is larger than max_buffered_response_bytes, and only idempotent requests get it streamed\n")
 	default:
 		resp.SetStatusCode(fasthttp.StatusBadGateway)
 		resp.SetBodyString("gwnomad-lb: gateway unreachable\n")
@@ -449,7 +470,7 @@ func (p *Proxy) done(ctx *fasthttp.RequestCtx, r *balancer.Route, o *outcome, st
 		p.opt.AccessLog.Write(&Entry{
 			Start: start, Duration: d, Remote: remoteAddr(ctx.RemoteAddr()), Method: ctx.Request.Header.Method(),
 			Host: ctx.Request.Header.Host(), URI: ctx.Request.Header.RequestURI(), Proto: ctx.Request.Header.Protocol(),
-			Status: code, Bytes: len(ctx.Response.Body()), Route: r, Upstream: o.up, Tries: o.tries, Err: o.err,
+			Status: code, Bytes: bodyBytes(&ctx.Response), Route: r, Upstream: o.up, Tries: o.tries, Err: o.err,
 		})
 	}
 }
@@ -474,6 +495,16 @@ func (p *Proxy) recordDur(r *balancer.Route, o *outcome, code int, d time.Durati
 		rx.none[c].Inc()
 	}
 	rx.dur.Observe(d.Seconds())
+}
+
+// bodyBytes is the answer's body size for the access log: for a streamed
+// answer, its Content-Length (0 when chunked), since Body() would read the
+// whole stream into memory.
+func bodyBytes(resp *fasthttp.Response) int {
+	if resp.IsBodyStream() {
+		return max(resp.Header.ContentLength(), 0)
+	}
+	return len(resp.Body())
 }
 
 func remoteAddr(a net.Addr) netip.Addr {
