@@ -41,7 +41,7 @@ Examples:
   gwnomad lb --config lb.toml --http :8080 --admin 127.0.0.1:9902
   gwnomad lb --route gw.am.wso2.com=apim-gateway --http :8080 --access-log -
   gwnomad lb --config lb.toml --tls-mode files --cert gw.crt --key gw.key --https :8443
-  gwnomad lb --config lb.toml --check     # validate the configuration and exit
+  gwnomad lb --config lb.toml --check     # validate; print every key with its value, defaults included
   GWNOMAD_LB_STORAGE_KEY=$(cat /etc/gwnomad/storage.key) \
     gwnomad lb --config lb.toml --tls-mode acme --acme-email sre@example.com
 
@@ -130,8 +130,13 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	if *check {
-		fmt.Fprintf(stdout, "configuration ok: %d route(s), http %q, https %q (tls %s), admin %q\n",
-			len(cfg.Routes), cfg.Listen.HTTP, cfg.Listen.HTTPS, cfg.TLS.Mode, cfg.Listen.Admin)
+		text, err := cfg.Marshal()
+		if err != nil {
+			fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+			return exitFailed
+		}
+		fmt.Fprintf(stdout, "# configuration ok: %d route(s), http %q, https %q (tls %s), admin %q\n# every key as the balancer would use it, defaults included\n%s",
+			len(cfg.Routes), cfg.Listen.HTTP, cfg.Listen.HTTPS, cfg.TLS.Mode, cfg.Listen.Admin, text)
 		return exitOK
 	}
 	var level slog.Level

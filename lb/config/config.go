@@ -483,6 +483,23 @@ func (p *Proxy) TrustedPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// Redacted replaces secrets in Marshal's output.
+const Redacted = "<redacted>"
+
+// Marshal returns c as lb.toml text, every key with its value (defaults
+// included), the Consul token redacted: what `gwnomad lb --check` prints.
+func (c *Config) Marshal() ([]byte, error) {
+	cp := *c
+	if cp.Consul.Token != "" {
+		cp.Consul.Token = Redacted
+	}
+	b, err := toml.Marshal(&cp)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the configuration: %w", err)
+	}
+	return b, nil
+}
+
 // Duration is a time.Duration written as a string in TOML ("1.5s", "2m").
 type Duration time.Duration
 

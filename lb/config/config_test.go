@@ -80,3 +80,47 @@ func TestTrustedPrefixes(t *testing.T) {
 		t.Error("bad address accepted")
 	}
 }
+
+// Marshal (what `gwnomad lb --check` prints) lists every key, reads back as
+// the same configuration, and never shows the Consul token.
+func TestMarshalRoundTripsWithoutTheToken(t *testing.T) {
+	c, err := Parse([]byte(`
+[consul]
+token = "s3cr3t-token"
+[proxy]
+tries = 2
+max_buffered_response_bytes = 1048576
+[[routes]]
+hosts = ["gw.am.wso2.com", "*.example.com"]
+policy = "least_conn"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(text), "s3cr3t-token") || !strings.Contains(string(text), Redacted) {
+		t.Errorf("the token is not redacted:\n%s", text)
+	}
+	for _, key := range []string{"max_body_bytes = ", "upstream_timeout = ", "consecutive_failures = ", "storage_lock_ttl = ", "policy = 'least_conn'"} {
+		if !strings.Contains(string(text), key) {
+			t.Errorf("Marshal lacks %q:\n%s", key, text)
+		}
+	}
+	back, err := Parse(text)
+	if err != nil {
+		t.Fatalf("the printed configuration does not load: %v\n%s", err, text)
+	}
+	again, err := back.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(again) != string(text) {
+		t.Errorf("round trip changed the configuration:\n%s\n---\n%s", text, again)
+	}
+	if back.Proxy.Tries != 2 || back.Proxy.MaxBufferedResponseBytes != 1<<20 || len(back.Routes) != 1 || back.Routes[0].Policy != "least_conn" {
+		t.Errorf("values lost: %+v", back)
+	}
+}
