@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -12,12 +13,27 @@ import (
 	"github.com/gwnomad/gwnomad/internal/testenv"
 )
 
-// With ACLs on in both Consul and Nomad, the tokens made from the policies
-// shipped in deploy/acl are enough for deploy, plan, status and stop; a
+// With ACLs on in both Consul and Nomad (Consul denying by default), the
+// tokens made from the policies shipped in deploy/acl are enough for
+// deploy, plan, status and stop, and for the Nomad clients to register the
+// gateways and render their templates; a
 // token that lacks a permission gets exit 4 with an error that says which
 // agent refused what, nothing is changed, and no token's secret is printed.
 func TestDeployWithLeastPrivilegeTokens(t *testing.T) {
-	st := testenv.Start(t, devstack.Config{NomadClients: 1, ACL: true})
+	// The Nomad clients' Consul integration (service registration, the
+	// template's KV reads) uses a token of deploy/acl's policy for it too.
+	nomadClientRules := readFile(t, "../../deploy/acl/consul-nomad-client.policy.hcl")
+	st := testenv.Start(t, devstack.Config{NomadClients: 1, ACL: true,
+		NomadConsulToken: func(_ context.Context, c *consulapi.Client) (string, error) {
+			if _, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: "nomad-client", Rules: nomadClientRules}, nil); err != nil {
+				return "", err
+			}
+			tok, _, err := c.ACL().TokenCreate(&consulapi.ACLToken{Policies: []*consulapi.ACLTokenPolicyLink{{Name: "nomad-client"}}}, nil)
+			if err != nil {
+				return "", err
+			}
+			return tok.SecretID, nil
+		}})
 	consul, nomad := st.ConsulAPI(), st.NomadAPI() // management tokens
 	for _, kv := range st.Env() {
 		k, v, _ := strings.Cut(kv, "=")

@@ -145,8 +145,9 @@ func dynamicPorts(i, n int) (lo, hi int) {
 }
 
 // newNomad prepares a Nomad agent: the server when server is nil, otherwise
-// client number i (0-based) of cfg.NomadClients.
-func newNomad(cfg *Config, name string, i int, consul *ConsulAgent, server *NomadAgent) (*NomadAgent, error) {
+// client number i (0-based) of cfg.NomadClients. consulToken is its Consul
+// integration's token (with cfg.ACL).
+func newNomad(cfg *Config, name string, i int, consul *ConsulAgent, server *NomadAgent, consulToken string) (*NomadAgent, error) {
 	ports, err := FreePorts(3)
 	if err != nil {
 		return nil, err
@@ -159,7 +160,7 @@ func newNomad(cfg *Config, name string, i int, consul *ConsulAgent, server *Noma
 		Name: name, DataDir: dataDir, ConsulAddr: consul.HTTPAddr,
 		SharedDir: cfg.SharedDir, Volume: cfg.HostVolume,
 		HTTP: ports[0], RPC: ports[1], Serf: ports[2],
-		Server: server == nil, ACL: cfg.ACL, ConsulToken: consul.token, Chroot: cfg.Chroot,
+		Server: server == nil, ACL: cfg.ACL, ConsulToken: consulToken, Chroot: cfg.Chroot,
 	}
 	if server != nil {
 		d.ServerRPC = server.RPCPort

@@ -42,6 +42,11 @@ type Config struct {
 	// NomadACLManagementToken. The stack's API clients and Env use both.
 	// For tests of the least-privilege policies in deploy/acl.
 	ACL bool
+	// NomadConsulToken, with ACL, makes the Consul token of the Nomad
+	// clients' Consul integration (service registration, template reads)
+	// once Consul is up, e.g. from deploy/acl's policy. Default: the
+	// management token.
+	NomadConsulToken func(ctx context.Context, consul *consulapi.Client) (string, error)
 	// Pebble starts the ACME test server when non-nil.
 	Pebble *PebbleOptions
 	// Detach starts the agents in their own sessions so that they outlive
@@ -195,15 +200,21 @@ func (s *Stack) start(ctx context.Context, cfg *Config) error {
 	if cfg.NomadClients == 0 && !cfg.NomadServer {
 		return nil
 	}
+	clientToken := s.Consul.token
+	if cfg.ACL && cfg.NomadConsulToken != nil {
+		if clientToken, err = cfg.NomadConsulToken(ctx, s.Consul.API()); err != nil {
+			return fmt.Errorf("devstack: the Nomad clients' Consul token: %w", err)
+		}
+	}
 	cfg.Logf("starting nomad server and %d clients", cfg.NomadClients)
-	if s.NomadServer, err = newNomad(cfg, "nomad-server", 0, s.Consul, nil); err != nil {
+	if s.NomadServer, err = newNomad(cfg, "nomad-server", 0, s.Consul, nil, s.Consul.token); err != nil {
 		return err
 	}
 	if err := s.NomadServer.Proc.Start(); err != nil {
 		return err
 	}
 	for i, ca := range s.ConsulAgents {
-		c, err := newNomad(cfg, fmt.Sprintf("nomad-client-%d", i+1), i, ca, s.NomadServer)
+		c, err := newNomad(cfg, fmt.Sprintf("nomad-client-%d", i+1), i, ca, s.NomadServer, clientToken)
 		if err != nil {
 			return err
 		}
