@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,7 +40,7 @@ func TestACMEThroughTheBalancer(t *testing.T) {
 	st := testenv.Start(t, devstack.Config{Pebble: &devstack.PebbleOptions{HTTPPort: ports[0], TLSPort: ports[1]}, ACL: true})
 	register(t, st.ConsulAPI(), inProcessGateway(t, "gw-1"), true)
 	token := lbToken(t, st.ConsulAPI())
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 
 	keyFile := filepath.Join(t.TempDir(), "storage.key")
 	key := make([]byte, 32)
@@ -155,21 +154,4 @@ func lbToken(t *testing.T, c *consulapi.Client) string {
 		t.Fatal(err)
 	}
 	return tok.SecretID
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

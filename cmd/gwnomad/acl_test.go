@@ -89,45 +89,37 @@ node { policy = "read" }`)
 		}
 	})
 
-	t.Run("Consul token that cannot write KV: exit 4, nothing changed", func(t *testing.T) {
-		use(t, consulReadOnly, nomadToken)
-		before, version := kvDump(t, consul), jobVersion(t, nomad)
-		code, out, errs := gw(t, "deploy", "-f", v2)
-		if code != exitUnreachable {
-			t.Fatalf("deploy: exit %d, want 4\n%s\n%s", code, out, errs)
-		}
-		if !strings.Contains(errs, "Consul at "+st.Consul.HTTPAddr+": permission denied") || !strings.Contains(errs, "CONSUL_HTTP_TOKEN") ||
-			!strings.Contains(errs, "may not write gwnomad/apim-gw/") || !strings.Contains(errs, "nothing was changed") {
-			t.Errorf("the error does not say Consul refused and nothing changed:\n%s", errs)
-		}
-		noSecrets(t, out, errs)
-		if after := kvDump(t, consul); after != before {
-			t.Errorf("KV changed:\nbefore %s\nafter %s", before, after)
-		}
-		if v := jobVersion(t, nomad); v != version {
-			t.Errorf("job version %d, was %d", v, version)
-		}
-	})
-
-	t.Run("Nomad token that cannot submit jobs: exit 4, nothing changed", func(t *testing.T) {
-		use(t, consulToken, nomadReadOnly)
-		before, version := kvDump(t, consul), jobVersion(t, nomad)
-		code, out, errs := gw(t, "deploy", "-f", v2)
-		if code != exitUnreachable {
-			t.Fatalf("deploy: exit %d, want 4\n%s\n%s", code, out, errs)
-		}
-		if !strings.Contains(errs, "Nomad at http://"+st.NomadServer.HTTPAddr+": permission denied") || !strings.Contains(errs, "NOMAD_TOKEN") ||
-			!strings.Contains(errs, "nothing was changed") {
-			t.Errorf("the error does not say Nomad refused and nothing changed:\n%s", errs)
-		}
-		noSecrets(t, out, errs)
-		if after := kvDump(t, consul); after != before {
-			t.Errorf("KV changed:\nbefore %s\nafter %s", before, after)
-		}
-		if v := jobVersion(t, nomad); v != version {
-			t.Errorf("job version %d, was %d", v, version)
-		}
-	})
+	for _, tc := range []struct {
+		name                string
+		consulTok, nomadTok string
+		want                []string // in stderr
+	}{
+		{"Consul token that cannot write KV", consulReadOnly, nomadToken,
+			[]string{"Consul at " + st.Consul.HTTPAddr + ": permission denied", "CONSUL_HTTP_TOKEN", "may not write gwnomad/apim-gw/"}},
+		{"Nomad token that cannot submit jobs", consulToken, nomadReadOnly,
+			[]string{"Nomad at http://" + st.NomadServer.HTTPAddr + ": permission denied", "NOMAD_TOKEN"}},
+	} {
+		t.Run(tc.name+": exit 4, nothing changed", func(t *testing.T) {
+			use(t, tc.consulTok, tc.nomadTok)
+			before, version := kvDump(t, consul), jobVersion(t, nomad)
+			code, out, errs := gw(t, "deploy", "-f", v2)
+			if code != exitUnreachable {
+				t.Fatalf("deploy: exit %d, want 4\n%s\n%s", code, out, errs)
+			}
+			for _, want := range append(tc.want, "nothing was changed") {
+				if !strings.Contains(errs, want) {
+					t.Errorf("the error lacks %q:\n%s", want, errs)
+				}
+			}
+			noSecrets(t, out, errs)
+			if after := kvDump(t, consul); after != before {
+				t.Errorf("KV changed:\nbefore %s\nafter %s", before, after)
+			}
+			if v := jobVersion(t, nomad); v != version {
+				t.Errorf("job version %d, was %d", v, version)
+			}
+		})
+	}
 
 	t.Run("stop with the deploy/acl policies", func(t *testing.T) {
 		use(t, consulToken, nomadToken)

@@ -15,9 +15,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/gwnomad/gwnomad/internal/testenv"
 )
 
 // freePortsTOML makes every listener pick a free loopback port.
@@ -35,29 +36,11 @@ listener.port = 0
 listener.port = 0
 `
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type testNode struct {
 	t      *testing.T
 	srv    *Server
 	apiDir string
-	logs   *syncBuffer
+	logs   *testenv.SyncBuffer
 	cancel context.CancelFunc
 	done   chan error
 	client *http.Client
@@ -76,7 +59,7 @@ func startNode(t *testing.T, gated bool, mod func(*Options)) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	opts := Options{Config: cfg, Node: "gw-test-1", ScanInterval: 20 * time.Millisecond, Grace: 5 * time.Second, Log: logs}
 	if mod != nil {
 		mod(&opts)
@@ -456,7 +439,7 @@ func TestCrashAfterSubprocess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testenv.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

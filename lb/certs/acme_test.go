@@ -34,27 +34,8 @@ import (
 	"github.com/gwnomad/gwnomad/lb/certs/internal/childproc"
 )
 
-// syncBuffer collects a test's logs; they are printed when it fails (and
-// goroutines that outlive the test can still write to it safely).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func testLogger(t *testing.T, name string) *slog.Logger {
-	buf := &syncBuffer{}
+	buf := &testenv.SyncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("---- %s log ----\n%s", name, buf.String())

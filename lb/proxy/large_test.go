@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -14,9 +12,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/gwnomad/gwnomad/lb/balancer"
-	"github.com/gwnomad/gwnomad/lb/config"
 )
 
 // largeBackend answers /large with size bytes of a fixed pattern (with
@@ -100,34 +95,13 @@ func TestLargeAnswersStreamed(t *testing.T) {
 	}
 
 	// HTTP/2 clients get the stream too.
-	h := &balancer.Holder{}
-	p := New(h, Options{MaxBufferedResponse: limit})
-	bld := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com"}}}, testHealth)
-	bld.OnRoute, bld.OnNew, bld.OnGone = p.OnRoute, p.OnNew, p.OnGone
-	h.Store(bld.Build(staticSnap(addr(gw))))
-	cert := selfSigned(t)
-	srv := &TLSServer{
-		Fast:    p.NewFastServer(ServerOptions{ReadTimeout: 5 * time.Second, MaxHeaderBytes: 8192, MaxBodyBytes: 1 << 20}),
-		Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}},
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := contextWithTimeout(5 * time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	pool := x509.NewCertPool()
-	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
-	pool.AddCert(leaf)
+	tl := startTLSLB(t, Options{MaxBufferedResponse: limit}, addr(gw))
+	pool := tl.pool
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "gw.example.com"}, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	h2 := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	for _, path := range []string{"/large", "/large?chunked=1"} {
-		req, _ := http.NewRequest("GET", "https://"+ln.Addr().String()+path, nil)
+		req, _ := http.NewRequest("GET", "https://"+tl.addr+path, nil)
 		req.Host = "gw.example.com"
 		resp, err := h2.Do(req)
 		if err != nil {

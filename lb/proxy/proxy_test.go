@@ -312,13 +312,22 @@ func selfSigned(t testing.TB) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-func TestTLSServesHTTP2AndHTTP1(t *testing.T) {
-	a := backend(t, "a", 200)
+// tlsLB serves a proxy with opt for gw.example.com -> backends over TLS
+// (HTTP/2 and HTTP/1.1) on a free port.
+type tlsLB struct {
+	srv    *TLSServer
+	addr   string
+	pool   *x509.CertPool // trusts the server's certificate
+	served chan error     // Serve's result
+}
+
+func startTLSLB(t *testing.T, opt Options, backends ...string) *tlsLB {
+	t.Helper()
 	h := &balancer.Holder{}
-	p := New(h, Options{})
+	p := New(h, opt)
 	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com"}}}, testHealth)
 	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
-	h.Store(b.Build(staticSnap(addr(a))))
+	h.Store(b.Build(staticSnap(backends...)))
 	cert := selfSigned(t)
 	srv := &TLSServer{
 		Fast:    p.NewFastServer(ServerOptions{ReadTimeout: 5 * time.Second, MaxHeaderBytes: 8192, MaxBodyBytes: 1 << 20}),
@@ -328,11 +337,22 @@ func TestTLSServesHTTP2AndHTTP1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	pool := x509.NewCertPool()
+	l := &tlsLB{srv: srv, addr: ln.Addr().String(), pool: x509.NewCertPool(), served: make(chan error, 1)}
+	go func() { l.served <- srv.Serve(ln) }()
 	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
-	pool.AddCert(leaf)
+	l.pool.AddCert(leaf)
+	t.Cleanup(func() {
+		ctx, cancel := contextWithTimeout(5 * time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return l
+}
+
+func TestTLSServesHTTP2AndHTTP1(t *testing.T) {
+	a := backend(t, "a", 200)
+	l := startTLSLB(t, Options{}, addr(a))
+	srv, pool, served := l.srv, l.pool, l.served
 	for _, h2 := range []bool{true, false} {
 		tr := &http.Transport{
 			TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: "gw.example.com"},
@@ -342,7 +362,7 @@ func TestTLSServesHTTP2AndHTTP1(t *testing.T) {
 			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 		}
 		cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-		req, _ := http.NewRequest("POST", "https://"+ln.Addr().String()+"/x?y=1", strings.NewReader("body"))
+		req, _ := http.NewRequest("POST", "https://"+l.addr+"/x?y=1", strings.NewReader("body"))
 		req.Host = "gw.example.com"
 		resp, err := cl.Do(req)
 		if err != nil {
