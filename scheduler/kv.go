@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/gwnomad/gwnomad/jobs"
 	"github.com/gwnomad/gwnomad/spec"
@@ -77,18 +78,18 @@ func (c *Client) wantKV() (map[string][]byte, error) {
 	return want, nil
 }
 
-// KVDiff compares the values of the configuration the registered job
-// renders (none before the first deploy) with the spec's. When the spec's
-// configuration is the registered one, it compares with what its folder
-// holds: keys deleted by hand show up as adds, which deploy writes back.
-func (c *Client) KVDiff(ctx context.Context) ([]KVChange, error) {
+// kvDiff compares the values in from, the configuration folder the
+// registered job renders ("" before the first deploy), with the spec's.
+// When the spec's configuration is the registered one, keys deleted by
+// hand from its folder show up as adds, which deploy writes back.
+func (c *Client) kvDiff(ctx context.Context, from string) ([]KVChange, error) {
 	want, err := c.wantKV()
 	if err != nil {
 		return nil, err
 	}
 	cur := map[string][]byte{}
-	if rp := c.runningPrefix(ctx); rp != "" {
-		if cur, err = c.readFolder(ctx, rp); err != nil {
+	if from != "" {
+		if cur, err = c.readFolder(ctx, from); err != nil {
 			return nil, err
 		}
 	}
@@ -99,7 +100,16 @@ func (c *Client) KVDiff(ctx context.Context) ([]KVChange, error) {
 // if none, or if it predates configuration folders).
 func (c *Client) runningPrefix(ctx context.Context) string {
 	job, _, err := c.nomad.Jobs().Info(c.JobID(), c.q(ctx))
-	if err != nil || job == nil {
+	if err != nil {
+		return ""
+	}
+	return c.configFolder(job)
+}
+
+// configFolder is the configuration folder job renders ("" if job is nil
+// or predates configuration folders).
+func (c *Client) configFolder(job *nomadapi.Job) string {
+	if job == nil {
 		return ""
 	}
 	p := job.Meta[jobs.MetaKVPrefix]

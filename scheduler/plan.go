@@ -77,10 +77,10 @@ func (c *Client) Plan(ctx context.Context) (*Plan, error) {
 	for tg, m := range resp.FailedTGAllocs {
 		p.Placement = append(p.Placement, explainMetric(tg, m, c.spec.SharedVolume.Name)...)
 	}
-	if p.KV, err = c.KVDiff(ctx); err != nil {
+	p.KVPrefix, p.KVFrom = c.configPrefix(), c.configFolder(cur)
+	if p.KV, err = c.kvDiff(ctx, p.KVFrom); err != nil {
 		return nil, err
 	}
-	p.KVPrefix, p.KVFrom = c.configPrefix(), c.runningPrefix(ctx)
 	return p, nil
 }
 
