@@ -76,6 +76,7 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test ./spec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./lb/balancer -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./lb/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/gatewaysim -run '^$$' -fuzz '^FuzzParseAPI$$' -fuzztime $(FUZZTIME)
 
 # go vet, staticcheck and govulncheck (installed into bin/ from the Go module

@@ -35,7 +35,7 @@ func (s *Spec) ConfigLeaves() ([]ConfigLeaf, error) {
 	seen := map[string]string{} // path joined by keySep -> "leaf" or "table"
 	var walk func(written, path []string, v any)
 	walk = func(written, path []string, v any) {
-		pos := s.pos.at(append([]string{"config"}, written...)...)
+		pos := s.pos.At(append([]string{"config"}, written...)...)
 		k := strings.Join(path, keySep)
 		if m, ok := v.(map[string]any); ok {
 			if seen[k] == "leaf" {

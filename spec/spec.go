@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gwnomad/gwnomad/internal/tomlfile"
 )
 
 // Spec is a parsed gwnomad.toml. Every field has a default: a key absent from
@@ -24,8 +26,8 @@ type Spec struct {
 	// File is the name the spec was parsed under (for messages). Not a TOML key.
 	File string `toml:"-"`
 
-	pos       index // where each key was written (nil for a Spec built in Go)
-	canonical bool  // Canonicalize ran (boolean defaults are not applied twice)
+	pos       tomlfile.Index // where each key was written (nil for a Spec built in Go)
+	canonical bool           // Canonicalize ran (boolean defaults are not applied twice)
 }
 
 // Cluster names the gateway cluster and where it runs.
@@ -214,7 +216,7 @@ const (
 // the one place defaults live. For a Spec built in Go (not parsed), zero
 // values count as absent. Parse calls it; calling it twice is harmless.
 func (s *Spec) Canonicalize() {
-	def := func(key string, zero bool) bool { return zero && !s.pos.has(key) }
+	def := func(key string, zero bool) bool { return zero && !s.pos.Has(key) }
 	str := func(key string, p *string, v string) {
 		if def(key, *p == "") {
 			*p = v
@@ -231,7 +233,7 @@ func (s *Spec) Canonicalize() {
 		}
 	}
 	boolean := func(key string, p *bool, v bool) {
-		if !s.canonical && !s.pos.has(key) {
+		if !s.canonical && !s.pos.Has(key) {
 			*p = v
 		}
 	}

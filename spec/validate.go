@@ -8,7 +8,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"time"
+
+	"github.com/gwnomad/gwnomad/internal/tomlfile"
 )
 
 var (
@@ -26,22 +27,15 @@ const MaxOffset = 10000
 func (s *Spec) Validate() ([]Warning, error) {
 	v := &validator{s: s}
 	s.validate(v)
-	sort.SliceStable(v.errs, func(i, j int) bool { return less(v.errs[i], v.errs[j]) })
+	sort.SliceStable(v.errs, func(i, j int) bool { return tomlfile.Less(v.errs[i], v.errs[j]) })
 	sort.SliceStable(v.warns, func(i, j int) bool {
 		a, b := Error(v.warns[i]), Error(v.warns[j])
-		return less(&a, &b)
+		return tomlfile.Less(&a, &b)
 	})
 	if len(v.errs) > 0 {
 		return v.warns, v.errs
 	}
 	return v.warns, nil
-}
-
-func less(a, b *Error) bool {
-	if a.Line != b.Line {
-		return a.Line < b.Line
-	}
-	return a.Column < b.Column
 }
 
 type validator struct {
@@ -51,12 +45,12 @@ type validator struct {
 }
 
 func (v *validator) errorf(key, format string, args ...any) {
-	p := v.s.pos.at(strings.Split(key, ".")...)
+	p := v.s.pos.At(strings.Split(key, ".")...)
 	v.errs = append(v.errs, v.s.errAt(p, key, fmt.Sprintf(format, args...)))
 }
 
 func (v *validator) warnf(key, format string, args ...any) {
-	p := v.s.pos.at(strings.Split(key, ".")...)
+	p := v.s.pos.At(strings.Split(key, ".")...)
 	v.warns = append(v.warns, Warning(*v.s.errAt(p, key, fmt.Sprintf(format, args...))))
 }
 
@@ -96,7 +90,7 @@ func (s *Spec) validate(v *validator) {
 		if g.Command == "" {
 			v.errorf("gateway.command", "the exec driver needs a command (the program to run)")
 		}
-		if s.pos.has("gateway.image") && g.Image != "" {
+		if s.pos.Has("gateway.image") && g.Image != "" {
 			v.warnf("gateway.image", "ignored with the exec driver")
 		}
 	default:
@@ -160,7 +154,7 @@ func (s *Spec) validate(v *validator) {
 			if other, ok := bound[p.n]; ok {
 				// Report at the key the user wrote (the later one if both).
 				key := p.key
-				if pa, pb := s.pos.at(strings.Split(p.key, ".")...), s.pos.at(strings.Split(other, ".")...); !s.pos.has(p.key) || (s.pos.has(other) && pb.Line > pa.Line) {
+				if pa, pb := s.pos.At(strings.Split(p.key, ".")...), s.pos.At(strings.Split(other, ".")...); !s.pos.Has(p.key) || (s.pos.Has(other) && pb.Line > pa.Line) {
 					key, other = other, key
 				}
 				v.errorf(key, "port %d collides with %s (both bind %d)", p.n, other, p.n+g.Offset)
@@ -297,32 +291,7 @@ var coreKeyList = func() []string {
 }()
 
 // knownKeys lists every spec key (dotted), for "did you mean" suggestions.
-var knownKeys = func() []string {
-	var out []string
-	var walk func(prefix string, t reflect.Type)
-	walk = func(prefix string, t reflect.Type) {
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			tag := strings.Split(f.Tag.Get("toml"), ",")[0]
-			if tag == "" || tag == "-" || !f.IsExported() {
-				continue
-			}
-			key := tag
-			if prefix != "" {
-				key = prefix + "." + tag
-			}
-			ft := f.Type
-			if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}) && ft != reflect.TypeOf(time.Time{}) {
-				out = append(out, key)
-				walk(key, ft)
-				continue
-			}
-			out = append(out, key)
-		}
-	}
-	walk("", reflect.TypeOf(Spec{}))
-	return out
-}()
+var knownKeys = tomlfile.Keys(reflect.TypeOf(Spec{}))
 
 // Keys returns every spec key, dotted (e.g. "gateway.ports.http").
 func Keys() []string { return append([]string(nil), knownKeys...) }

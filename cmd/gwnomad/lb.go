@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/gwnomad/gwnomad/internal/tomlfile"
 	"github.com/gwnomad/gwnomad/lb"
 	"github.com/gwnomad/gwnomad/lb/config"
 )
@@ -95,38 +96,46 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *cfgPath != "" {
 		var err error
 		if cfg, err = config.Load(*cfgPath); err != nil {
-			fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+			if _, ok := errors.AsType[tomlfile.Errors](err); ok {
+				printInvalid(stderr, err)
+			} else {
+				fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+			}
 			return exitInvalid
 		}
 	}
-	set := func(dst *string, v string) {
+	set := func(key string, dst *string, v string) {
 		if v != "" {
 			*dst = v
+			cfg.SetByFlag(key)
 		}
 	}
-	set(&cfg.Listen.HTTP, *httpAddr)
+	set("listen.http", &cfg.Listen.HTTP, *httpAddr)
 	if cfg.Listen.HTTP == "off" {
 		cfg.Listen.HTTP = ""
 	}
-	set(&cfg.Listen.HTTPS, *httpsAddr)
-	set(&cfg.Listen.Admin, *adminAddr)
-	set(&cfg.Consul.Address, *consul)
-	set(&cfg.TLS.Mode, *tlsMode)
-	set(&cfg.TLS.CertFile, *certFile)
-	set(&cfg.TLS.KeyFile, *keyFile)
-	set(&cfg.TLS.CA, *acmeCA)
-	set(&cfg.TLS.Email, *acmeEmail)
-	set(&cfg.Log.AccessLog, *accessLog)
+	set("listen.https", &cfg.Listen.HTTPS, *httpsAddr)
+	set("listen.admin", &cfg.Listen.Admin, *adminAddr)
+	set("consul.address", &cfg.Consul.Address, *consul)
+	set("tls.mode", &cfg.TLS.Mode, *tlsMode)
+	set("tls.cert_file", &cfg.TLS.CertFile, *certFile)
+	set("tls.key_file", &cfg.TLS.KeyFile, *keyFile)
+	set("tls.ca", &cfg.TLS.CA, *acmeCA)
+	set("tls.email", &cfg.TLS.Email, *acmeEmail)
+	set("log.access_log", &cfg.Log.AccessLog, *accessLog)
 	if cfg.Log.AccessLog == "off" {
 		cfg.Log.AccessLog = ""
 	}
-	set(&cfg.Log.Level, *logLevel)
+	set("log.level", &cfg.Log.Level, *logLevel)
 	if *noReg {
 		cfg.Consul.Register = false
 	}
-	cfg.Routes = append(cfg.Routes, routes...)
+	for _, r := range routes {
+		cfg.SetByFlag(fmt.Sprintf("routes[%d]", len(cfg.Routes)))
+		cfg.Routes = append(cfg.Routes, r)
+	}
 	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "gwnomad lb: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		printInvalid(stderr, err)
 		return exitInvalid
 	}
 	if *check {
@@ -172,4 +181,9 @@ func (r *routeFlags) Set(v string) error {
 	config.RouteDefaults(&rt)
 	*r = append(*r, rt)
 	return nil
+}
+
+// printInvalid prints every problem of the configuration, one a line.
+func printInvalid(w io.Writer, err error) {
+	fmt.Fprintf(w, "gwnomad lb: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 }

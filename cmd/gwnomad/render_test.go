@@ -105,6 +105,46 @@ func TestBadSpecExitsInvalidAndNamesTheLine(t *testing.T) {
 	}
 }
 
+// lb.toml gets the same errors as the spec: file:line:column and key, every
+// problem at once, exit 3; a value from a flag says so; the Consul token in
+// the file never shows.
+func TestBadLBConfigExitsInvalidAndNamesTheLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lb.toml")
+	if err := os.WriteFile(path, []byte(`[consul]
+token = "s3cr3t-token"
+[proxy]
+tries = 0
+[[routes]]
+hosts = ["gw.am.wso2.com"]
+policy = "random"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCLI(t, "lb", "--config", path, "--check", "--tls-mode", "bogus")
+	if code != exitInvalid || stdout != "" {
+		t.Errorf("exit %d (want %d), stdout %q", code, exitInvalid, stdout)
+	}
+	for _, want := range []string{
+		"tls.mode: \"bogus\": want \"off\", \"files\" or \"acme\" (set on the command line)",
+		"lb.toml:4:1: proxy.tries: must be at least 1 (got 0)",
+		"lb.toml:7:1: routes[0].policy: \"random\"",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if err := os.WriteFile(path, []byte("[consul]\ntoken = \"s3cr3t-token\"\ntokn = \"s3cr3t-token\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCLI(t, "lb", "--config", path, "--check")
+	if code != exitInvalid || !strings.Contains(stderr, `lb.toml:3:1: consul.tokn: unknown key (did you mean "consul.token"?)`) {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+	if strings.Contains(stderr, "s3cr3t") {
+		t.Errorf("the token shows in an error: %s", stderr)
+	}
+}
+
 func TestUnknownCommand(t *testing.T) {
 	if code, _, stderr := runCLI(t, "frobnicate"); code != exitInvalid || !strings.Contains(stderr, "unknown command") {
 		t.Errorf("exit %d, %q", code, stderr)

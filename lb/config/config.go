@@ -20,17 +20,20 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/gwnomad/gwnomad/internal/tomlfile"
 )
 
 // Config is the whole lb.toml.
@@ -42,6 +45,10 @@ type Config struct {
 	TLS    TLS     `toml:"tls"`
 	Log    Log     `toml:"log"`
 	Routes []Route `toml:"routes"`
+
+	file  string          // the file Load read ("" for none)
+	pos   tomlfile.Index  // where each key was written in it
+	flags map[string]bool // keys set by SetByFlag
 }
 
 // Listen holds the listener addresses. An empty address disables that
@@ -275,51 +282,95 @@ func RouteDefaults(r *Route) {
 }
 
 // Load reads path over Default (strict: unknown keys are errors) and fills
-// route defaults. It does not Validate: flags may still override.
+// route defaults. It does not Validate: flags may still override. Errors
+// name the file, line, column and key (tomlfile.Errors).
 func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading lb config: %w", err)
 	}
-	return Parse(b)
+	return Parse(path, b)
 }
 
-// Parse is Load from bytes.
-func Parse(b []byte) (*Config, error) {
+// Parse is Load from bytes; name stands for the file in errors.
+func Parse(name string, b []byte) (*Config, error) {
 	cfg := Default()
-	dec := toml.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(cfg); err != nil {
-		var sm *toml.StrictMissingError
-		if errors.As(err, &sm) {
-			return nil, fmt.Errorf("lb config: %s", sm.String())
-		}
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return nil, fmt.Errorf("lb config: line %d column %d: %w", row, col, err)
-		}
-		return nil, fmt.Errorf("lb config: %w", err)
+	pos, err := tomlfile.Decode(name, b, cfg, knownKeys)
+	if err != nil {
+		return nil, err
 	}
+	cfg.file, cfg.pos = name, pos
 	for i := range cfg.Routes {
 		RouteDefaults(&cfg.Routes[i])
 	}
 	return cfg, nil
 }
 
-// Validate checks the whole configuration and returns every problem found.
+var knownKeys = tomlfile.Keys(reflect.TypeOf(Config{}))
+
+// SetByFlag records that key (dotted, e.g. "tls.mode", or a table such as
+// "routes[2]") now has a value given on the command line: its errors no
+// longer point into the file.
+func (c *Config) SetByFlag(key string) {
+	if c.flags == nil {
+		c.flags = map[string]bool{}
+	}
+	c.flags[key] = true
+}
+
+// byFlag reports whether key, or a table holding it ("routes[2]"), was set
+// on the command line.
+func (c *Config) byFlag(key string) bool {
+	for k := key; k != ""; {
+		if c.flags[k] {
+			return true
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return false
+}
+
+// problems collects Validate's errors, each placed at its key in the file.
+type problems struct {
+	c    *Config
+	errs tomlfile.Errors
+}
+
+func (p *problems) add(key, format string, args ...any) {
+	e := &tomlfile.Error{Key: key, Msg: fmt.Sprintf(format, args...)}
+	switch {
+	case p.c.byFlag(key):
+		e.Msg += " (set on the command line)"
+	case p.c.file != "":
+		pos := p.c.pos.AtDotted(key)
+		e.File, e.Line, e.Column = p.c.file, pos.Line, pos.Column
+	}
+	p.errs = append(p.errs, e)
+}
+
+// Validate checks the whole configuration and returns every problem found
+// (tomlfile.Errors, in the file's order).
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	p := &problems{c: c}
+	bad := p.add
 	checkAddr := func(name, addr string, required bool) {
+		key := "listen." + name
 		if addr == "" {
 			if required {
-				bad("listen.%s: required", name)
+				bad(key, "required")
 			}
 			return
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			bad("listen.%s %q: %v", name, addr, err)
+			msg := err.Error()
+			if ae, ok := errors.AsType[*net.AddrError](err); ok {
+				msg = ae.Err
+			}
+			bad(key, "%q: %s", addr, msg)
 		}
 	}
 	checkAddr("http", c.Listen.HTTP, false)
@@ -327,108 +378,113 @@ func (c *Config) Validate() error {
 	switch c.TLS.Mode {
 	case "off":
 		if c.Listen.HTTP == "" {
-			bad("listen.http: required when tls.mode is off")
+			bad("listen.http", "required when tls.mode is \"off\"")
 		}
 	case "files":
 		checkAddr("https", c.Listen.HTTPS, true)
 		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
-			bad("tls: mode \"files\" needs cert_file and key_file")
+			bad("tls.mode", "\"files\" needs cert_file and key_file")
 		}
 	case "acme":
 		checkAddr("https", c.Listen.HTTPS, true)
 		if c.TLS.Storage != "consul" && c.TLS.Storage != "file" {
-			bad("tls.storage %q: want consul or file", c.TLS.Storage)
+			bad("tls.storage", "%q: want \"consul\" or \"file\"", c.TLS.Storage)
 		}
 		if c.TLS.StorageLockTTL.D() < 10*time.Second {
-			bad("tls.storage_lock_ttl %s: at least 10s (Consul's minimum session TTL)", c.TLS.StorageLockTTL)
+			bad("tls.storage_lock_ttl", "must be at least 10s, Consul's minimum session TTL (got %s)", c.TLS.StorageLockTTL)
 		}
 		for _, d := range c.TLS.Domains {
 			if strings.Contains(d, "*") {
-				bad("tls.domains %q: wildcard certificates need DNS-01, which is not supported; use on_demand", d)
+				bad("tls.domains", "%q: wildcard certificates need DNS-01, which is not supported; use on_demand", d)
 			}
 		}
 		if len(c.TLS.Domains) == 0 && !c.TLS.OnDemand && len(acmeHosts(c)) == 0 {
-			bad("tls: mode \"acme\" needs domains, a route host without \"*\", or on_demand")
+			bad("tls.mode", "\"acme\" needs domains, a route host without \"*\", or on_demand")
 		}
 	default:
-		bad("tls.mode %q: want off, files or acme", c.TLS.Mode)
+		bad("tls.mode", "%q: want \"off\", \"files\" or \"acme\"", c.TLS.Mode)
+	}
+	atLeast := func(key string, v, least int) {
+		if v < least {
+			bad(key, "must be at least %d (got %d)", least, v)
+		}
+	}
+	positive := func(key string, d Duration) {
+		if d <= 0 {
+			bad(key, "must be positive (got %s)", d)
+		}
 	}
 	if c.TLS.HSTS < 0 {
-		bad("tls.hsts %s: must not be negative", c.TLS.HSTS)
+		bad("tls.hsts", "must not be negative (got %s)", c.TLS.HSTS)
 	}
-	if c.Proxy.Tries < 1 {
-		bad("proxy.tries %d: at least 1", c.Proxy.Tries)
+	atLeast("proxy.tries", c.Proxy.Tries, 1)
+	atLeast("proxy.retry_budget_percent", c.Proxy.RetryBudgetPercent, 0)
+	atLeast("proxy.retry_budget_min", c.Proxy.RetryBudgetMin, 0)
+	atLeast("proxy.max_header_bytes", c.Proxy.MaxHeaderBytes, 1024)
+	atLeast("proxy.max_buffered_response_bytes", c.Proxy.MaxBufferedResponseBytes, 0)
+	atLeast("proxy.max_body_bytes", c.Proxy.MaxBodyBytes, 0)
+	atLeast("proxy.max_conns_per_upstream", c.Proxy.MaxConnsPerUpstream, 0)
+	atLeast("proxy.max_conns", c.Proxy.MaxConns, 0)
+	positive("proxy.dial_timeout", c.Proxy.DialTimeout)
+	positive("proxy.upstream_timeout", c.Proxy.UpstreamTimeout)
+	for _, s := range c.Proxy.TrustedProxies {
+		if _, err := parseTrusted(s); err != nil {
+			bad("proxy.trusted_proxies", "%v", err)
+		}
 	}
-	if c.Proxy.RetryBudgetPercent < 0 || c.Proxy.RetryBudgetMin < 0 {
-		bad("proxy.retry_budget_percent/retry_budget_min: must not be negative")
-	}
-	if c.Proxy.MaxHeaderBytes < 1024 {
-		bad("proxy.max_header_bytes %d: at least 1024", c.Proxy.MaxHeaderBytes)
-	}
-	if c.Proxy.MaxBufferedResponseBytes < 0 {
-		bad("proxy.max_buffered_response_bytes: must not be negative")
-	}
-	if c.Proxy.MaxBodyBytes < 0 {
-		bad("proxy.max_body_bytes: must not be negative")
-	}
-	if c.Proxy.DialTimeout <= 0 || c.Proxy.UpstreamTimeout <= 0 {
-		bad("proxy.dial_timeout and upstream_timeout must be positive")
-	}
-	if _, err := c.Proxy.TrustedPrefixes(); err != nil {
-		errs = append(errs, err)
-	}
-	if c.Health.ConsecutiveFailures < 1 {
-		bad("health.consecutive_failures %d: at least 1", c.Health.ConsecutiveFailures)
-	}
+	atLeast("health.consecutive_failures", c.Health.ConsecutiveFailures, 1)
 	if c.Health.MaxEjectedPercent < 0 || c.Health.MaxEjectedPercent > 100 {
-		bad("health.max_ejected_percent %d: 0..100", c.Health.MaxEjectedPercent)
+		bad("health.max_ejected_percent", "must be 0..100 (got %d)", c.Health.MaxEjectedPercent)
 	}
-	if c.Health.BaseEjection <= 0 || c.Health.MaxEjection < c.Health.BaseEjection {
-		bad("health: need 0 < base_ejection <= max_ejection")
+	positive("health.base_ejection", c.Health.BaseEjection)
+	if c.Health.MaxEjection < c.Health.BaseEjection {
+		bad("health.max_ejection", "must be at least base_ejection (%s < %s)", c.Health.MaxEjection, c.Health.BaseEjection)
 	}
 	if c.Consul.WaitTime < Duration(time.Second) {
-		bad("consul.wait_time %s: at least 1s", c.Consul.WaitTime)
+		bad("consul.wait_time", "must be at least 1s (got %s)", c.Consul.WaitTime)
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
+		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
 	}
 	if len(c.Routes) == 0 {
-		bad("routes: at least one [[routes]] is needed")
+		bad("routes", "at least one [[routes]] is needed (or --route host=service)")
 	}
 	seen := map[string]int{}
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		RouteDefaults(r)
+		key := func(k string) string { return fmt.Sprintf("routes[%d].%s", i, k) }
 		if len(r.Hosts) == 0 {
-			bad("routes[%d]: hosts is empty", i)
+			bad(key("hosts"), "is empty")
 		}
 		for _, h := range r.Hosts {
 			hn := strings.ToLower(h)
 			if err := checkHost(hn); err != nil {
-				bad("routes[%d]: host %q: %v", i, h, err)
+				bad(key("hosts"), "%q: %v", h, err)
 			}
 			if j, dup := seen[hn]; dup {
-				bad("routes[%d]: host %q already in routes[%d]", i, h, j)
+				bad(key("hosts"), "%q already in routes[%d]", h, j)
+			} else {
+				seen[hn] = i
 			}
-			seen[hn] = i
 		}
 		if _, _, err := ParsePort(r.Port); err != nil {
-			bad("routes[%d]: %v", i, err)
+			bad(key("port"), "%v", err)
 		}
 		if r.Scheme != "http" && r.Scheme != "https" {
-			bad("routes[%d]: scheme %q: want http or https", i, r.Scheme)
+			bad(key("scheme"), "%q: want http or https", r.Scheme)
 		}
-		ok := false
-		for _, p := range Policies {
-			ok = ok || p == r.Policy
-		}
-		if !ok {
-			bad("routes[%d]: policy %q: want one of %s", i, r.Policy, strings.Join(Policies, ", "))
+		if !slices.Contains(Policies, r.Policy) {
+			bad(key("policy"), "%q: want one of %s", r.Policy, strings.Join(Policies, ", "))
 		}
 	}
-	return errors.Join(errs...)
+	if len(p.errs) == 0 {
+		return nil
+	}
+	p.errs.Sort()
+	return p.errs
 }
 
 func checkHost(h string) error {
@@ -445,17 +501,17 @@ func checkHost(h string) error {
 // ParsePort reads a route's port: a number (num > 0) or a name.
 func ParsePort(s string) (num int, name string, err error) {
 	if s == "" {
-		return 0, "", errors.New("port is empty")
+		return 0, "", errors.New("is empty")
 	}
 	if n, err := strconv.Atoi(s); err == nil {
 		if n < 1 || n > 65535 {
-			return 0, "", fmt.Errorf("port %d out of range", n)
+			return 0, "", fmt.Errorf("%d: out of range (1..65535)", n)
 		}
 		return n, "", nil
 	}
 	for _, c := range s {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return 0, "", fmt.Errorf("port %q: want a number or a name like passthru_http", s)
+			return 0, "", fmt.Errorf("%q: want a number or a name like passthru_http", s)
 		}
 	}
 	return 0, s, nil
@@ -465,22 +521,29 @@ func ParsePort(s string) (num int, name string, err error) {
 func (p *Proxy) TrustedPrefixes() ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(p.TrustedProxies))
 	for _, s := range p.TrustedProxies {
-		if strings.Contains(s, "/") {
-			pf, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("proxy.trusted_proxies %q: %w", s, err)
-			}
-			out = append(out, pf.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
+		pf, err := parseTrusted(s)
 		if err != nil {
-			return nil, fmt.Errorf("proxy.trusted_proxies %q: %w", s, err)
+			return nil, fmt.Errorf("proxy.trusted_proxies: %w", err)
 		}
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		out = append(out, pf)
 	}
 	return out, nil
+}
+
+func parseTrusted(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		pf, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q: want a CIDR or an address", s)
+		}
+		return pf.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q: want a CIDR or an address", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // Redacted replaces secrets in Marshal's output.

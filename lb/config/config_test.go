@@ -7,7 +7,7 @@ import (
 )
 
 func TestParseDefaultsAndOverrides(t *testing.T) {
-	cfg, err := Parse([]byte(`
+	cfg, err := Parse("lb.toml", []byte(`
 [listen]
 http = ":8080"
 
@@ -39,18 +39,34 @@ policy = "least_conn"
 	}
 }
 
-func TestStrictAndValidation(t *testing.T) {
-	if _, err := Parse([]byte("[listen]\nhtpp = \":80\"\n")); err == nil || !strings.Contains(err.Error(), "htpp") {
-		t.Errorf("unknown key: %v", err)
+// Every problem names the file, the line and column, and the key, in the
+// file's order; values given on the command line say so instead.
+func TestErrorsNameFileLineAndKey(t *testing.T) {
+	for _, c := range []struct{ name, file, want string }{
+		{"unknown key", "[listen]\nhtpp = \":80\"\n", `lb.toml:2:1: listen.htpp: unknown key (did you mean "listen.http"?)`},
+		{"unknown key in the second route", "[[routes]]\nhosts = [\"a\"]\n[[routes]]\nhostz = [\"b\"]\n",
+			`lb.toml:4:1: routes[1].hostz: unknown key (did you mean "routes[1].hosts"?)`},
+		{"wrong type", "[proxy]\ntries = \"3\"\n", `lb.toml:2:9: proxy.tries: wrong type: want integer, got string`},
+		{"bad duration", "[consul]\nwait_time = \"soon\"\n", `lb.toml:2:13: consul.wait_time: `},
+		{"syntax", "[proxy\n", `lb.toml:1:`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("lb.toml", []byte(c.file))
+			if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+				t.Errorf("got %v\nwant %s...", err, c.want)
+			}
+		})
 	}
-	if _, err := Parse([]byte("[consul]\nwait_time = \"soon\"\n")); err == nil {
-		t.Error("bad duration accepted")
-	}
-	cfg, err := Parse([]byte(`
-[tls]
+
+	cfg, err := Parse("lb.toml", []byte(`[tls]
 mode = "files"
+[proxy]
+tries = 0
+trusted_proxies = ["10.0.0.0/8", "nope"]
 [[routes]]
-hosts = ["a", "A"]
+hosts = ["a"]
+[[routes]]
+hosts = ["A"]
 policy = "random"
 port = "99999"
 scheme = "ftp"
@@ -58,13 +74,29 @@ scheme = "ftp"
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = cfg.Validate()
-	for _, want := range []string{"cert_file", "already in routes[0]", "policy \"random\"", "out of range", "scheme \"ftp\""} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("validation error %v lacks %q", err, want)
-		}
+	cfg.Routes = append(cfg.Routes, Route{Hosts: []string{"a"}})
+	cfg.SetByFlag("routes[2]")
+	cfg.Listen.Admin = "nope"
+	cfg.SetByFlag("listen.admin")
+	want := []string{
+		`listen.admin: "nope": missing port in address (set on the command line)`,
+		`routes[2].hosts: "a" already in routes[0] (set on the command line)`,
+		`lb.toml:2:1: tls.mode: "files" needs cert_file and key_file`,
+		`lb.toml:4:1: proxy.tries: must be at least 1 (got 0)`,
+		`lb.toml:5:1: proxy.trusted_proxies: "nope": want a CIDR or an address`,
+		`lb.toml:9:1: routes[1].hosts: "A" already in routes[0]`,
+		`lb.toml:10:1: routes[1].policy: "random": want one of round_robin, least_conn, p2c`,
+		`lb.toml:11:1: routes[1].port: 99999: out of range (1..65535)`,
+		`lb.toml:12:1: routes[1].scheme: "ftp": want http or https`,
 	}
-	if err := Default().Validate(); err == nil || !strings.Contains(err.Error(), "at least one [[routes]]") {
+	err = cfg.Validate()
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if got := strings.Split(err.Error(), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got\n%s\nwant\n%s", err, strings.Join(want, "\n"))
+	}
+	if err := Default().Validate(); err == nil || !strings.Contains(err.Error(), "routes: at least one [[routes]]") {
 		t.Errorf("no routes: %v", err)
 	}
 }
@@ -84,7 +116,7 @@ func TestTrustedPrefixes(t *testing.T) {
 // Marshal (what `gwnomad lb --check` prints) lists every key, reads back as
 // the same configuration, and never shows the Consul token.
 func TestMarshalRoundTripsWithoutTheToken(t *testing.T) {
-	c, err := Parse([]byte(`
+	c, err := Parse("lb.toml", []byte(`
 [consul]
 token = "s3cr3t-token"
 [proxy]
@@ -109,7 +141,7 @@ policy = "least_conn"
 			t.Errorf("Marshal lacks %q:\n%s", key, text)
 		}
 	}
-	back, err := Parse(text)
+	back, err := Parse("printed.toml", text)
 	if err != nil {
 		t.Fatalf("the printed configuration does not load: %v\n%s", err, text)
 	}
