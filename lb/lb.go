@@ -34,6 +34,10 @@
 //	fmt.Println(l.Addrs().HTTP)
 //	err = l.Wait()
 //
+// l.Reload(ctx, newCfg) applies new routes, [health] and log.level to the
+// running balancer without closing a connection (`gwnomad lb` calls it on
+// SIGHUP); other changes need a restart and are refused.
+//
 // When ctx ends (SIGTERM), the balancer drains: /healthz answers 503 and
 // the Consul registration goes away, requests are still served for
 // proxy.drain_delay, then the listeners close and requests in flight get
@@ -93,6 +97,10 @@ func WithLogger(log *slog.Logger) Option { return func(l *LB) { l.log = log } }
 // and the [consul] table.
 func WithConsulClient(c *consulapi.Client) Option { return func(l *LB) { l.consul = c } }
 
+// WithLogLevel lets Reload apply log.level to v (the level of the logger
+// given with WithLogger).
+func WithLogLevel(v *slog.LevelVar) Option { return func(l *LB) { l.level = v } }
+
 // WithAccessLog writes the access log to w, whatever log.access_log says.
 func WithAccessLog(w io.Writer) Option { return func(l *LB) { l.accessOut = w } }
 
@@ -111,7 +119,11 @@ type LB struct {
 
 	reg      *prometheus.Registry
 	table    balancer.Holder
-	builder  *balancer.Builder
+	buildMu  sync.Mutex        // builder swaps (Reload) against table builds
+	builder  *balancer.Builder // under buildMu
+	reloadMu sync.Mutex        // one Reload at a time
+	live     *config.Config    // the configuration in force (under reloadMu)
+	level    *slog.LevelVar    // WithLogLevel
 	proxy    *proxy.Proxy
 	watcher  *discovery.Watcher
 	draining atomic.Bool
@@ -188,11 +200,8 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		popt.HSTS = l.certs.HSTSHeader()
 	}
 	l.proxy = proxy.New(&l.table, popt)
-	l.builder = balancer.NewBuilder(cfg.Routes, balancer.Health{
-		ConsecutiveFailures: cfg.Health.ConsecutiveFailures, BaseEjection: cfg.Health.BaseEjection.D(),
-		MaxEjection: cfg.Health.MaxEjection.D(), MaxEjectedPercent: cfg.Health.MaxEjectedPercent,
-	})
-	l.builder.OnRoute, l.builder.OnNew, l.builder.OnGone = l.proxy.OnRoute, l.proxy.OnNew, l.proxy.OnGone
+	l.builder = l.newBuilder(cfg)
+	l.live = cfg
 	l.table.Store(l.builder.Build(nil)) // every route empty (503) until Consul answers
 	l.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "gwnomad_lb_discovery_update_seconds",
@@ -259,9 +268,21 @@ func ConsulClient(c *config.Consul) (*consulapi.Client, error) {
 	return cl, nil
 }
 
+// newBuilder makes the routing table builder of cfg's routes and health.
+func (l *LB) newBuilder(cfg *config.Config) *balancer.Builder {
+	b := balancer.NewBuilder(cfg.Routes, balancer.Health{
+		ConsecutiveFailures: cfg.Health.ConsecutiveFailures, BaseEjection: cfg.Health.BaseEjection.D(),
+		MaxEjection: cfg.Health.MaxEjection.D(), MaxEjectedPercent: cfg.Health.MaxEjectedPercent,
+	})
+	b.OnRoute, b.OnNew, b.OnGone = l.proxy.OnRoute, l.proxy.OnNew, l.proxy.OnGone
+	return b
+}
+
 func (l *LB) onUpdate(snaps map[discovery.Query]*discovery.Snapshot) {
+	l.buildMu.Lock()
 	t := l.builder.Build(snaps)
 	l.table.Store(t)
+	l.buildMu.Unlock()
 	var newest time.Time
 	for _, s := range snaps {
 		if s.Updated.After(newest) {

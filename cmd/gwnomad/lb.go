@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/gwnomad/gwnomad/internal/tomlfile"
 	"github.com/gwnomad/gwnomad/lb"
@@ -22,7 +25,10 @@ const lbHelp = `Usage: gwnomad lb [--config lb.toml] [flags]
 
 Runs the load balancer: it discovers the passing gateway instances in Consul
 (blocking queries), balances requests over them with passive health checks
-and retries, and drains gracefully on SIGTERM. Flags override the file;
+and retries, and drains gracefully on SIGTERM. On SIGHUP it reads the file
+again and applies [[routes]], [health] and log.level without closing a
+connection; a change to anything else, or an invalid file, is logged and
+the running configuration stays (restart for those). Flags override the file;
 Consul is reached through the usual environment (CONSUL_HTTP_ADDR,
 CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul] says otherwise.
 
@@ -92,50 +98,54 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gwnomad lb: unexpected arguments %q\n", fs.Args())
 		return exitInvalid
 	}
-	cfg := config.Default()
-	if *cfgPath != "" {
-		var err error
-		if cfg, err = config.Load(*cfgPath); err != nil {
-			if _, ok := errors.AsType[tomlfile.Errors](err); ok {
-				printInvalid(stderr, err)
-			} else {
-				fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+	// load reads the file and applies the flags: at start, and on SIGHUP.
+	load := func() (*config.Config, error) {
+		cfg := config.Default()
+		if *cfgPath != "" {
+			var err error
+			if cfg, err = config.Load(*cfgPath); err != nil {
+				return nil, err
 			}
-			return exitInvalid
 		}
-	}
-	set := func(key string, dst *string, v string) {
-		if v != "" {
-			*dst = v
-			cfg.SetByFlag(key)
+		set := func(key string, dst *string, v string) {
+			if v != "" {
+				*dst = v
+				cfg.SetByFlag(key)
+			}
 		}
+		set("listen.http", &cfg.Listen.HTTP, *httpAddr)
+		if cfg.Listen.HTTP == "off" {
+			cfg.Listen.HTTP = ""
+		}
+		set("listen.https", &cfg.Listen.HTTPS, *httpsAddr)
+		set("listen.admin", &cfg.Listen.Admin, *adminAddr)
+		set("consul.address", &cfg.Consul.Address, *consul)
+		set("tls.mode", &cfg.TLS.Mode, *tlsMode)
+		set("tls.cert_file", &cfg.TLS.CertFile, *certFile)
+		set("tls.key_file", &cfg.TLS.KeyFile, *keyFile)
+		set("tls.ca", &cfg.TLS.CA, *acmeCA)
+		set("tls.email", &cfg.TLS.Email, *acmeEmail)
+		set("log.access_log", &cfg.Log.AccessLog, *accessLog)
+		if cfg.Log.AccessLog == "off" {
+			cfg.Log.AccessLog = ""
+		}
+		set("log.level", &cfg.Log.Level, *logLevel)
+		if *noReg {
+			cfg.Consul.Register = false
+		}
+		for _, r := range routes {
+			cfg.SetByFlag(fmt.Sprintf("routes[%d]", len(cfg.Routes)))
+			cfg.Routes = append(cfg.Routes, r)
+		}
+		return cfg, cfg.Validate()
 	}
-	set("listen.http", &cfg.Listen.HTTP, *httpAddr)
-	if cfg.Listen.HTTP == "off" {
-		cfg.Listen.HTTP = ""
-	}
-	set("listen.https", &cfg.Listen.HTTPS, *httpsAddr)
-	set("listen.admin", &cfg.Listen.Admin, *adminAddr)
-	set("consul.address", &cfg.Consul.Address, *consul)
-	set("tls.mode", &cfg.TLS.Mode, *tlsMode)
-	set("tls.cert_file", &cfg.TLS.CertFile, *certFile)
-	set("tls.key_file", &cfg.TLS.KeyFile, *keyFile)
-	set("tls.ca", &cfg.TLS.CA, *acmeCA)
-	set("tls.email", &cfg.TLS.Email, *acmeEmail)
-	set("log.access_log", &cfg.Log.AccessLog, *accessLog)
-	if cfg.Log.AccessLog == "off" {
-		cfg.Log.AccessLog = ""
-	}
-	set("log.level", &cfg.Log.Level, *logLevel)
-	if *noReg {
-		cfg.Consul.Register = false
-	}
-	for _, r := range routes {
-		cfg.SetByFlag(fmt.Sprintf("routes[%d]", len(cfg.Routes)))
-		cfg.Routes = append(cfg.Routes, r)
-	}
-	if err := cfg.Validate(); err != nil {
-		printInvalid(stderr, err)
+	cfg, err := load()
+	if err != nil {
+		if _, ok := errors.AsType[tomlfile.Errors](err); ok {
+			printInvalid(stderr, err)
+		} else {
+			fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+		}
 		return exitInvalid
 	}
 	if *check {
@@ -148,18 +158,40 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			len(cfg.Routes), cfg.Listen.HTTP, cfg.Listen.HTTPS, cfg.TLS.Mode, cfg.Listen.Admin, text)
 		return exitOK
 	}
-	var level slog.Level
+	level := new(slog.LevelVar)
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	l, err := lb.New(cfg, lb.WithLogger(log))
+	l, err := lb.New(cfg, lb.WithLogger(log), lb.WithLogLevel(level))
 	if err != nil {
 		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
 		return exitInvalid
 	}
+	// SIGHUP is caught from here on: one that comes while the balancer
+	// starts waits for it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := l.Start(ctx); err != nil {
 		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
 		return exitFailed
 	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading the configuration", "file", *cfgPath)
+				cfg, err := load()
+				if err == nil {
+					err = l.Reload(ctx, cfg)
+				}
+				if err != nil {
+					log.Error("reload refused; the running configuration stays", "err", err)
+				}
+			}
+		}
+	}()
 	if err := l.Wait(); err != nil {
 		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
 		return exitFailed

@@ -55,6 +55,10 @@ job "gwnomad-lb" {
 
       template {
         destination   = "local/lb.toml"
+        # restart: every change applies (the LB drains first). Where only
+        # [[routes]]/[health] change, change_mode = "signal" with
+        # change_signal = "SIGHUP" applies them without closing a connection
+        # (other changes are then refused and logged until a restart).
         change_mode   = "restart"
         data          = <<-EOT
           [listen]

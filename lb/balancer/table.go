@@ -306,6 +306,23 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 	return t
 }
 
+// Replace retires b for next (a configuration reload): OnGone is told of
+// every upstream b made, and next's tables continue b's version numbers.
+// Tables b built stay usable for the requests that hold them.
+func (b *Builder) Replace(next *Builder) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, u := range b.ups {
+		delete(b.ups, k)
+		if b.OnGone != nil {
+			b.OnGone(u)
+		}
+	}
+	next.mu.Lock()
+	next.version = max(next.version, b.version)
+	next.mu.Unlock()
+}
+
 // ResolvePort is the port of in for a route port given as a number (num >
 // 0) or a name: meta "port_<name>"; "passthru_http" falls back to the
 // service port, "service" is the service port.

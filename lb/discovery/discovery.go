@@ -172,10 +172,16 @@ type Watcher struct {
 	MinBackoff     time.Duration // default 100ms
 	MaxBackoff     time.Duration // default 5s
 
-	mu     sync.Mutex
-	snaps  map[Query]*Snapshot
-	notify chan struct{}
+	mu      sync.Mutex
+	snaps   map[Query]*Snapshot
+	notify  chan struct{}
+	ctx     context.Context     // Run's; nil before Run
+	watches map[Query]*watching // what runs now
+	wg      sync.WaitGroup
 }
+
+// watching is one query's loop; publish drops what a stopped loop sends.
+type watching struct{ cancel context.CancelFunc }
 
 // Snapshots returns the current snapshots (a copy of the map).
 func (w *Watcher) Snapshots() map[Query]*Snapshot {
@@ -202,23 +208,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if w.Logger == nil {
 		w.Logger = slog.Default()
 	}
-	qs := slices.Clone(w.Queries)
-	slices.SortFunc(qs, func(a, b Query) int { return strings.Compare(a.String(), b.String()) })
-	qs = slices.Compact(qs)
 	w.mu.Lock()
-	w.snaps = make(map[Query]*Snapshot, len(qs))
-	for _, q := range qs {
-		w.snaps[q] = &Snapshot{Query: q}
-	}
+	w.snaps = map[Query]*Snapshot{}
+	w.watches = map[Query]*watching{}
 	w.notify = make(chan struct{}, 1)
+	w.ctx = ctx
+	w.startLocked(unique(w.Queries))
 	w.mu.Unlock()
 
-	var wg sync.WaitGroup
-	for _, q := range qs {
-		wg.Go(func() { w.watch(ctx, q) })
-	}
 	// The publisher coalesces bursts of changes into one OnUpdate.
-	wg.Go(func() {
+	w.wg.Go(func() {
 		for {
 			select {
 			case <-ctx.Done():
@@ -230,14 +229,67 @@ func (w *Watcher) Run(ctx context.Context) error {
 			}
 		}
 	})
-	wg.Wait()
+	<-ctx.Done()
+	w.wg.Wait()
 	return nil
 }
 
-func (w *Watcher) publish(s *Snapshot) {
+// SetQueries changes what is watched, also while Run runs (a reload): a
+// query kept keeps its watch and snapshot; a new one starts with an empty
+// snapshot (not Ready until Consul answers); a removed one stops and its
+// snapshot goes. OnUpdate follows.
+func (w *Watcher) SetQueries(qs []Query) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	qs = unique(qs)
+	w.Queries = qs
+	if w.ctx == nil || w.ctx.Err() != nil {
+		return // Run starts them, or has ended
+	}
+	for q, wq := range w.watches {
+		if !slices.Contains(qs, q) {
+			wq.cancel()
+			delete(w.watches, q)
+			delete(w.snaps, q)
+		}
+	}
+	w.startLocked(qs)
+	w.signal()
+}
+
+// startLocked starts the queries not watched yet; w.mu is held.
+func (w *Watcher) startLocked(qs []Query) {
+	for _, q := range qs {
+		if w.watches[q] != nil {
+			continue
+		}
+		ctx, cancel := context.WithCancel(w.ctx)
+		wq := &watching{cancel: cancel}
+		w.watches[q] = wq
+		w.snaps[q] = &Snapshot{Query: q}
+		w.wg.Go(func() { w.watch(ctx, q, wq) })
+	}
+}
+
+func unique(qs []Query) []Query {
+	qs = slices.Clone(qs)
+	slices.SortFunc(qs, func(a, b Query) int { return strings.Compare(a.String(), b.String()) })
+	return slices.Compact(qs)
+}
+
+// publish makes s the snapshot of its query, unless wq's loop was stopped.
+func (w *Watcher) publish(wq *watching, s *Snapshot) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.watches[s.Query] != wq {
+		return
+	}
 	w.snaps[s.Query] = s
-	w.mu.Unlock()
+	w.signal()
+}
+
+// signal wakes the publisher (w.mu is held or not needed).
+func (w *Watcher) signal() {
 	select {
 	case w.notify <- struct{}{}:
 	default:
@@ -245,7 +297,7 @@ func (w *Watcher) publish(s *Snapshot) {
 }
 
 // watch is the loop of one Query.
-func (w *Watcher) watch(ctx context.Context, q Query) {
+func (w *Watcher) watch(ctx context.Context, q Query, wq *watching) {
 	log := w.Logger.With("service", q.String())
 	cur := &Snapshot{Query: q}
 	var (
@@ -299,7 +351,7 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 					"max_staleness", w.MaxStaleness, "last_good", next.Updated)
 			}
 			cur = &next
-			w.publish(cur)
+			w.publish(wq, cur)
 			sleep(ctx, backoff(w.MinBackoff, w.MaxBackoff, failures))
 			continue
 		}
@@ -335,7 +387,7 @@ func (w *Watcher) watch(ctx context.Context, q Query) {
 		next.Instances, next.Other = split(insts, held)
 		if changed {
 			cur = next
-			w.publish(cur)
+			w.publish(wq, cur)
 		} else {
 			cur = next // only the index moved
 		}

@@ -157,6 +157,7 @@ type routeExt struct {
 
 // upstreamExt is the request path's per-upstream data (balancer.Upstream.Ext).
 type upstreamExt struct {
+	route     string // its route's name (metric label)
 	hc        *fasthttp.HostClient
 	codes     [numCodes]prometheus.Counter
 	ejections prometheus.Counter
@@ -233,6 +234,7 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 		return c, nil
 	}
 	x := &upstreamExt{
+		route:     name,
 		ejections: p.m.Ejections.WithLabelValues(name, u.Addr),
 		dial:      dial,
 		hc: &fasthttp.HostClient{
@@ -264,20 +266,18 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 	u.Ext = x
 }
 
-// OnGone forgets an upstream's metrics (balancer.Builder.OnGone).
+// OnGone forgets an upstream's metrics and closes its idle connections
+// (balancer.Builder.OnGone).
 func (p *Proxy) OnGone(u *balancer.Upstream) {
-	t := p.table.Load()
-	if t == nil || u.Route >= len(t.Routes) {
+	x, ok := u.Ext.(*upstreamExt)
+	if !ok {
 		return
 	}
-	name := t.Routes[u.Route].Name
 	for _, l := range codeLabels {
-		p.m.Requests.DeleteLabelValues(name, u.Addr, l)
+		p.m.Requests.DeleteLabelValues(x.route, u.Addr, l)
 	}
-	p.m.Ejections.DeleteLabelValues(name, u.Addr)
-	if x, ok := u.Ext.(*upstreamExt); ok {
-		x.hc.CloseIdleConnections()
-	}
+	p.m.Ejections.DeleteLabelValues(x.route, u.Addr)
+	x.hc.CloseIdleConnections()
 }
 
 // retrySameConnErr: fasthttp's own retry on the same gateway, for a pooled

@@ -1,0 +1,155 @@
+package lb_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/gwnomad/gwnomad/internal/testenv"
+	"github.com/gwnomad/gwnomad/lb"
+	"github.com/gwnomad/gwnomad/lb/config"
+	"github.com/gwnomad/gwnomad/lb/lbtest"
+)
+
+// registerAs registers g in Consul as an instance of service, passing.
+func registerAs(t *testing.T, c *consulapi.Client, g *gw, service string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(g.addr)
+	var p int
+	fmt.Sscan(port, &p)
+	err := c.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		ID: g.name, Name: service, Address: "127.0.0.1", Port: p,
+		Check: &consulapi.AgentServiceCheck{CheckID: g.name + ":ttl", TTL: "5m", Status: consulapi.HealthPassing},
+	})
+	if err != nil {
+		t.Fatalf("registering %s: %v", g.name, err)
+	}
+}
+
+// askOn sends one GET for host on an open connection and returns the body.
+func askOn(t *testing.T, conn net.Conn, br *bufio.Reader, host string) string {
+	t.Helper()
+	if _, err := fmt.Fprintf(conn, "GET /api HTTP/1.1\r\nHost: %s\r\n\r\n", host); err != nil {
+		t.Fatalf("writing on the kept connection: %v", err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading on the kept connection: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("kept connection: %d %s", resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+// Reload (SIGHUP) moves a route to another Consul service and adds a route
+// under load: no request fails, a client's keep-alive connection stays open
+// and is served by the new route, and the new table goes live only once
+// Consul answered for the new service. Changes that need a restart and
+// invalid files are refused whole.
+func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
+	st := testenv.Consul(t)
+	c := st.ConsulAPI()
+	register(t, c, inProcessGateway(t, "gw-a"), true) // apim-gateway
+	registerAs(t, c, inProcessGateway(t, "gw-b"), "gw-other")
+
+	level := new(slog.LevelVar)
+	cfg := lbtest.Config(st, config.Route{Hosts: []string{host}})
+	l, _ := lbtest.Start(t, cfg, lb.WithLogLevel(level))
+	waitInstances(t, l, 30*time.Second, "gw-a")
+
+	conn, err := net.Dial("tcp", l.Addrs().HTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	if got := askOn(t, conn, br, host); got != "gw-a" {
+		t.Fatalf("before the reload: answered by %q", got)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ld, wait := runLoad(ctx, l, 2)
+	testenv.WaitFor(t, 20*time.Second, "traffic to gw-a", func() error {
+		ld.mu.Lock()
+		defer ld.mu.Unlock()
+		if ld.by["gw-a"] < 20 {
+			return fmt.Errorf("answers by %v", ld.by)
+		}
+		return nil
+	})
+
+	next := lbtest.Config(st,
+		config.Route{Hosts: []string{host}, Service: "gw-other", Policy: "round_robin"},
+		config.Route{Hosts: []string{"second.test.local"}},
+	)
+	next.Log.Level = "debug"
+	version := l.Table().Version
+	if err := l.Reload(ctx, next); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	// Reload returns once the new table is live, and it went live only
+	// after Consul answered for gw-other: it is not empty.
+	if got := instances(l); len(got) != 1 || !got["gw-b"] {
+		t.Fatalf("right after the reload the route has %v, want gw-b", got)
+	}
+	if l.Table().Version == version {
+		t.Error("the table version did not move")
+	}
+	reloadedAt := ld.sent.Load()
+	testenv.WaitFor(t, 20*time.Second, "200 requests after the reload, served by gw-b", func() error {
+		ld.mu.Lock()
+		defer ld.mu.Unlock()
+		if n := ld.sent.Load() - reloadedAt; n < 200 || ld.by["gw-b"] < 100 {
+			return fmt.Errorf("%d requests since the reload; answers by %v", n, ld.by)
+		}
+		return nil
+	})
+	cancel()
+	wait()
+	ld.report(t, "reload under load")
+
+	if got := askOn(t, conn, br, host); got != "gw-b" {
+		t.Errorf("the connection kept across the reload was answered by %q, want gw-b", got)
+	}
+	if got := askOn(t, conn, br, "second.test.local"); got != "gw-a" {
+		t.Errorf("the added route was answered by %q, want gw-a", got)
+	}
+	if level.Level() != slog.LevelDebug {
+		t.Errorf("log.level not applied: %v", level.Level())
+	}
+
+	// Refused whole: a listener change, and an invalid route.
+	version = l.Table().Version
+	moved := lbtest.Config(st, config.Route{Hosts: []string{host}})
+	moved.Listen.Admin = "127.0.0.1:1"
+	if err := l.Reload(context.Background(), moved); err == nil || !strings.Contains(err.Error(), "[listen] changed, which needs a restart") {
+		t.Errorf("a listener change: %v", err)
+	}
+	bad, err := config.Parse("lb.toml", []byte("[[routes]]\nhosts = [\""+host+"\"]\npolicy = \"random\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Listen, bad.Consul = next.Listen, next.Consul
+	if err := l.Reload(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "lb.toml:3:1: routes[0].policy") {
+		t.Errorf("an invalid file: %v", err)
+	}
+	if v := l.Table().Version; v != version {
+		t.Errorf("a refused reload changed the table (version %d -> %d)", version, v)
+	}
+	if got := askOn(t, conn, br, host); got != "gw-b" {
+		t.Errorf("after the refused reloads: answered by %q, want gw-b", got)
+	}
+}
