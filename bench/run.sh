@@ -13,5 +13,5 @@ if ((${#missing[@]})); then
 	# the benchmark runs its own instances.
 	for s in haproxy caddy; do (service "$s" stop || true) >/dev/null 2>&1; done
 fi
-GOTOOLCHAIN=${GOTOOLCHAIN:-go1.27.3} go build -o bin/lbbench ./bench/lbbench
+GOTOOLCHAIN=${GOTOOLCHAIN:-go1.27.3} go build -o bin/ ./bench/lbbench ./bench/minproxy
 exec bin/lbbench "$@"
