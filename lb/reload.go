@@ -26,7 +26,8 @@ import (
 //
 // Passive health starts over (ejections are forgotten), and connections to
 // the gateways are opened anew as requests need them; requests in flight
-// finish on the table they started with.
+// finish on the table they started with. The metric series of instances
+// and of routes (by their first host) that are gone are deleted.
 //
 // Anything else (listeners, [tls], [consul], [proxy], the access log, and
 // with tls.mode "acme" the names certificates are for) needs a restart:
@@ -66,6 +67,11 @@ func (l *LB) Reload(ctx context.Context, cfg *config.Config) error {
 	l.table.Store(t)
 	l.buildMu.Unlock()
 	l.watcher.SetQueries(newQ) // stops watching what no route names now
+	for _, r := range l.live.Routes {
+		if !slices.ContainsFunc(cfg.Routes, func(n config.Route) bool { return n.Hosts[0] == r.Hosts[0] }) {
+			l.proxy.ForgetRoute(r.Hosts[0])
+		}
+	}
 
 	if l.level != nil {
 		l.level.Set(level.Level())

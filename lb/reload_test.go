@@ -61,7 +61,8 @@ func askOn(t *testing.T, conn net.Conn, br *bufio.Reader, host string) string {
 func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	st := testenv.Consul(t)
 	c := st.ConsulAPI()
-	register(t, c, inProcessGateway(t, "gw-a"), true) // apim-gateway
+	ga := inProcessGateway(t, "gw-a")
+	register(t, c, ga, true) // apim-gateway
 	registerAs(t, c, inProcessGateway(t, "gw-b"), "gw-other")
 
 	level := new(slog.LevelVar)
@@ -127,8 +128,29 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	if got := askOn(t, conn, br, "second.test.local"); got != "gw-a" {
 		t.Errorf("the added route was answered by %q, want gw-a", got)
 	}
+	// The old instance's series went with it; the route's own stayed.
+	if hasSeries(t, l, "gwnomad_lb_requests_total", map[string]string{"route": host, "instance": ga.addr}) {
+		t.Error("the series of gw-a under the moved route are still exported")
+	}
+	if !hasSeries(t, l, "gwnomad_lb_request_duration_seconds", map[string]string{"route": host}) {
+		t.Error("the moved route's duration series is gone")
+	}
 	if level.Level() != slog.LevelDebug {
 		t.Errorf("log.level not applied: %v", level.Level())
+	}
+
+	// A route removed: its series go.
+	if !hasSeries(t, l, "gwnomad_lb_request_duration_seconds", map[string]string{"route": "second.test.local"}) {
+		t.Fatal("no series for the added route")
+	}
+	next = lbtest.Config(st, config.Route{Hosts: []string{host}, Service: "gw-other", Policy: "round_robin"})
+	if err := l.Reload(context.Background(), next); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gwnomad_lb_request_duration_seconds", "gwnomad_lb_requests_total"} {
+		if hasSeries(t, l, name, map[string]string{"route": "second.test.local"}) {
+			t.Errorf("%s of the removed route is still exported", name)
+		}
 	}
 
 	// Refused whole: a listener change, and an invalid route.
@@ -152,4 +174,33 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	if got := askOn(t, conn, br, host); got != "gw-b" {
 		t.Errorf("after the refused reloads: answered by %q, want gw-b", got)
 	}
+}
+
+// hasSeries reports whether the balancer exports a series of metric name
+// with these label values.
+func hasSeries(t *testing.T, l *lb.LB, name string, labels map[string]string) bool {
+	t.Helper()
+	mfs, err := l.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue metrics
+				}
+			}
+			return true
+		}
+	}
+	return false
 }

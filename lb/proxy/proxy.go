@@ -280,6 +280,14 @@ func (p *Proxy) OnGone(u *balancer.Upstream) {
 	x.hc.CloseIdleConnections()
 }
 
+// ForgetRoute deletes the metric series of a route that a reload removed.
+func (p *Proxy) ForgetRoute(name string) {
+	p.m.Requests.DeletePartialMatch(prometheus.Labels{"route": name})
+	p.m.Ejections.DeletePartialMatch(prometheus.Labels{"route": name})
+	p.m.Duration.DeleteLabelValues(name)
+	p.m.Retries.DeleteLabelValues(name)
+}
+
 // retrySameConnErr: fasthttp's own retry on the same gateway, for a pooled
 // keep-alive connection that the gateway had closed: idempotent requests
 // only.
