@@ -273,6 +273,7 @@ func (l *LB) newBuilder(cfg *config.Config) *balancer.Builder {
 	b := balancer.NewBuilder(cfg.Routes, balancer.Health{
 		ConsecutiveFailures: cfg.Health.ConsecutiveFailures, BaseEjection: cfg.Health.BaseEjection.D(),
 		MaxEjection: cfg.Health.MaxEjection.D(), MaxEjectedPercent: cfg.Health.MaxEjectedPercent,
+		SlowStart: cfg.Health.SlowStart.D(),
 	})
 	b.OnRoute, b.OnNew, b.OnGone = l.proxy.OnRoute, l.proxy.OnNew, l.proxy.OnGone
 	return b

@@ -5,7 +5,7 @@
 //	              once a shutdown began (Consul's check of the balancer)
 //	GET /routes   the live routing table as JSON: every route, its
 //	              discovery state (stale? since when? last error) and every
-//	              instance with its health state (healthy, ejected, held)
+//	              instance with its health state (healthy, warming, ejected, held)
 //	GET /metrics  Prometheus metrics
 package admin
 
@@ -89,8 +89,9 @@ type Discovery struct {
 	Errors       uint64     `json:"errors"`
 }
 
-// Instance is one instance in /routes. State: healthy, ejected, held (kept
-// by the reconnect grace), or Consul's status for instances not used.
+// Instance is one instance in /routes. State: healthy, warming (in its slow
+// start), ejected, held (kept by the reconnect grace), or Consul's status
+// for instances not used.
 type Instance struct {
 	ID                  string     `json:"id"`
 	Node                string     `json:"node"`
@@ -101,6 +102,7 @@ type Instance struct {
 	ConsecutiveFailures int        `json:"consecutive_failures"`
 	Ejections           uint64     `json:"ejections"`
 	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
+	WarmUntil           *time.Time `json:"warm_until,omitempty"` // end of its slow start
 }
 
 func tp(t time.Time) *time.Time {
@@ -137,6 +139,10 @@ func Dump(t *balancer.Table, now time.Time) *Table {
 			in := Instance{
 				ID: m.ID, Node: m.Node, Address: u.Addr, State: "healthy", ConsulStatus: m.Status,
 				Inflight: u.Inflight(), ConsecutiveFailures: u.ConsecutiveFailures(), Ejections: u.Ejections(),
+			}
+			if w := u.WarmUntil(r.SlowStart()); w.After(now) {
+				in.State = "warming"
+				in.WarmUntil = tp(w)
 			}
 			if m.Held {
 				in.State = "held"

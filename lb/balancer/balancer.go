@@ -47,11 +47,21 @@ type Upstream struct {
 	ejections    atomic.Int32 // consecutive ejections (backoff exponent)
 	ejectedUntil atomic.Int64 // unix nanos; 0: not ejected
 	totalEject   atomic.Uint64
+	joined       int64 // unix nanos it joined a serving route (slow start); 0: from the start
 
 	// Ext is the request path's own per-upstream data (keep-alive pool,
 	// pre-resolved metrics), set once by Builder.OnNew before the upstream
 	// is published.
 	Ext any
+}
+
+// WarmUntil is when u's slow start ends (zero: it has none); slowStart is
+// its route's health.slow_start.
+func (u *Upstream) WarmUntil(slowStart time.Duration) time.Time {
+	if u.joined == 0 || slowStart <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, u.joined+int64(slowStart))
 }
 
 // Inflight is the number of requests in flight to u.
@@ -87,6 +97,10 @@ type Health struct {
 	BaseEjection        time.Duration
 	MaxEjection         time.Duration
 	MaxEjectedPercent   int
+	// SlowStart ramps an instance that joins a route already serving
+	// (a gateway added or restarted) from 10 % to its full share of the
+	// requests over this long (0: at once). See Route.Pick.
+	SlowStart time.Duration
 }
 
 // Holder publishes the current table.

@@ -231,3 +231,75 @@ func BenchmarkRebuild1000(b *testing.B) {
 		}
 	}
 }
+
+// Slow start: the instances of the route's first answer are not ramped; one
+// that joins later gets about a tenth of its share at first, half-way more,
+// all of it once slow_start has passed, and is still used when it is the
+// only choice left. Picks stay allocation-free.
+func TestSlowStartRampsNewcomers(t *testing.T) {
+	h := testHealth
+	h.SlowStart = 10 * time.Second
+	for _, p := range config.Policies {
+		t.Run(p, func(t *testing.T) {
+			b := NewBuilder([]config.Route{{Hosts: []string{"gw.example.com"}, Policy: p}}, h)
+			first := b.Build(snap("apim-gateway", 3)).Routes[0]
+			for _, u := range first.Upstreams {
+				if !u.WarmUntil(h.SlowStart).IsZero() {
+					t.Fatalf("%s of the first answer is ramped", u.Addr)
+				}
+			}
+			r := b.Build(snap("apim-gateway", 4)).Routes[0]
+			var newcomer *Upstream
+			for _, u := range r.Upstreams {
+				if !u.WarmUntil(h.SlowStart).IsZero() {
+					newcomer = u
+				}
+			}
+			if newcomer == nil || newcomer.Addr != "10.0.0.3:8280" {
+				t.Fatalf("the newcomer is not ramped: %v", newcomer)
+			}
+			share := func(at time.Duration) float64 {
+				now := newcomer.joined + int64(at)
+				n := 0
+				const picks = 20000
+				for range picks {
+					var tr Tried
+					u := r.Pick(&tr, now)
+					if u == newcomer {
+						n++
+					}
+				}
+				return float64(n) / picks
+			}
+			// A full share is 1/4 of the picks. At the start ~0.1 of
+			// it, half-way ~0.55 of it, after slow_start all of it.
+			if s := share(0); s < 0.01 || s > 0.06 {
+				t.Errorf("share at the start %.3f, want about 0.025", s)
+			}
+			if s := share(5 * time.Second); s < 0.09 || s > 0.19 {
+				t.Errorf("share half-way %.3f, want about 0.14", s)
+			}
+			if s := share(10 * time.Second); s < 0.2 || s > 0.3 {
+				t.Errorf("share after slow_start %.3f, want about 0.25", s)
+			}
+			// The only candidate left: used whatever its ramp.
+			var tr Tried
+			for _, u := range r.Upstreams {
+				if u != newcomer {
+					tr.Add(u)
+				}
+			}
+			if u := r.Pick(&tr, newcomer.joined); u != newcomer {
+				t.Errorf("the only choice left was not taken: %v", u)
+			}
+			if !raceEnabled {
+				if n := testing.AllocsPerRun(1000, func() {
+					var tr Tried
+					r.Pick(&tr, newcomer.joined)
+				}); n != 0 {
+					t.Errorf("%v allocs per pick during a slow start", n)
+				}
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package balancer
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -58,14 +59,50 @@ type routeState struct{ ejectMu sync.Mutex }
 
 // Pick returns an upstream not yet tried, preferring ones not ejected; nil
 // when every upstream was tried (or there is none).
+//
+// Slow start (health.slow_start): an upstream that joined the route while
+// it was serving is accepted, when the selector picks it, with a
+// probability that grows linearly from 10 % to 100 % over the slow start;
+// a refused pick is replaced by one more pick among the others, which is
+// final. So a new gateway (a cold JVM) gets a tenth of its share at first
+// and all of it after slow_start, and a route whose only choice is a
+// warming upstream still uses it.
 func (r *Route) Pick(tried *Tried, now int64) *Upstream {
 	f := Filter{Tried: tried, Now: now}
 	if u := r.selectWith(&f); u != nil {
+		if ss := int64(r.health.SlowStart); ss > 0 && u.joined > 0 && now-u.joined < ss && !warmAccept(now-u.joined, ss) {
+			var t Tried
+			if tried != nil {
+				t = *tried
+			}
+			t.Add(u)
+			f.Tried = &t
+			if v := r.selectWith(&f); v != nil {
+				return v
+			}
+		}
 		return u
 	}
 	// Panic mode: everything left is ejected; better try one than fail.
 	f.IgnoreEjection = true
 	return r.selectWith(&f)
+}
+
+// SlowStart is the route's health.slow_start.
+func (r *Route) SlowStart() time.Duration {
+	if r.health == nil {
+		return 0
+	}
+	return r.health.SlowStart
+}
+
+// warmAccept draws whether an upstream elapsed into a slow start of ss
+// (both > 0, elapsed < ss) takes this request: with probability
+// 0.1 + 0.9*elapsed/ss.
+func warmAccept(elapsed, ss int64) bool {
+	const scale = 1 << 20
+	p := scale/10 + int64(float64(scale)*0.9*float64(elapsed)/float64(ss))
+	return int64(rand.Uint64()%scale) < p
 }
 
 // selectWith calls the built-in selectors directly (no interface call, so
@@ -195,6 +232,7 @@ type Builder struct {
 	ups     map[string]*Upstream
 	ext     []any
 	states  []*routeState
+	serving []bool // per route: it had an answer from Consul (slow start applies to newcomers)
 	sels    []Selector
 	version uint64
 }
@@ -226,6 +264,7 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 	defer b.mu.Unlock()
 	if b.states == nil {
 		b.states = make([]*routeState, len(b.routes))
+		b.serving = make([]bool, len(b.routes))
 		b.ext = make([]any, len(b.routes))
 		b.sels = make([]Selector, len(b.routes))
 		for i := range b.routes {
@@ -238,6 +277,7 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 	}
 	b.version++
 	t := &Table{Version: b.version, Built: time.Now(), exact: map[string]*Route{}}
+	now := t.Built.UnixNano()
 	seen := make(map[string]bool, len(b.ups))
 	var keyBuf []byte
 	for i := range b.routes {
@@ -271,6 +311,9 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 				if !ok {
 					key := string(keyBuf)
 					u = &Upstream{Key: key, Addr: addr, ServiceID: in.ID, Node: in.Node, Route: i}
+					if b.serving[i] {
+						u.joined = now // it joins a route already serving: slow start
+					}
 					if b.OnNew != nil {
 						b.OnNew(rc, u)
 					}
@@ -280,6 +323,9 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 				r.Upstreams = append(r.Upstreams, u)
 				r.Members = append(r.Members, in)
 			}
+		}
+		if r.Snapshot != nil && r.Snapshot.Ready() {
+			b.serving[i] = true // instances that come after this answer join a serving route
 		}
 		t.Routes = append(t.Routes, r)
 		for _, h := range rc.Hosts {

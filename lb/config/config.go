@@ -147,6 +147,12 @@ type Health struct {
 	// MaxEjectedPercent is the panic threshold: ejection never takes more
 	// than this share of a route's instances out (at least one stays).
 	MaxEjectedPercent int `toml:"max_ejected_percent"` // default 50
+	// SlowStart ramps a gateway that joins a route already serving (one
+	// added, or restarted by Nomad) from a tenth of its share of the
+	// requests to all of it over this long, so that a cold JVM is not
+	// handed full traffic at once. Instances present when the balancer (or
+	// a reload) starts are not ramped.
+	SlowStart Duration `toml:"slow_start"` // default "0s": off
 }
 
 // TLS is the client-facing TLS. With mode files or acme, listen.http
@@ -437,6 +443,9 @@ func (c *Config) Validate() error {
 		bad("health.max_ejected_percent", "must be 0..100 (got %d)", c.Health.MaxEjectedPercent)
 	}
 	positive("health.base_ejection", c.Health.BaseEjection)
+	if c.Health.SlowStart < 0 {
+		bad("health.slow_start", "must not be negative (got %s)", c.Health.SlowStart)
+	}
 	if c.Health.MaxEjection < c.Health.BaseEjection {
 		bad("health.max_ejection", "must be at least base_ejection (%s < %s)", c.Health.MaxEjection, c.Health.BaseEjection)
 	}
