@@ -199,3 +199,44 @@ func TestFreshAtOnceAfterAgentRestart(t *testing.T) {
 		t.Fatalf("after the restart: %q", ids(s))
 	}
 }
+
+// SetQueries while running: a kept query keeps its snapshot, a new one
+// starts empty and fills, a removed one goes, and what its stopped loop
+// still publishes is dropped (the race a reload can meet). The rest runs
+// against a real Consul in package lb's reload test.
+func TestSetQueriesWhileRunning(t *testing.T) {
+	f := newScript()
+	f.set([]Instance{inst("a", "passing")}, nil)
+	a, b := Query{Service: "a"}, Query{Service: "b"}
+	w := &Watcher{Fetcher: f, Queries: []Query{a}}
+	run(t, w)
+	waitSnap := func(q Query, want bool) *Snapshot {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			s, ok := w.Snapshots()[q]
+			if ok == want && (!want || s.Ready()) {
+				return s
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("%v: want present and ready %v, have %v", q, want, w.Snapshots())
+		return nil
+	}
+	sa := waitSnap(a, true)
+	w.mu.Lock()
+	stopped := w.watches[a]
+	w.mu.Unlock()
+
+	w.SetQueries([]Query{a, b})
+	waitSnap(b, true)
+	if w.Snapshots()[a] != sa {
+		t.Error("the kept query's snapshot was replaced")
+	}
+	w.SetQueries([]Query{b})
+	waitSnap(a, false)
+	w.publish(stopped, &Snapshot{Query: a, Updated: time.Now()})
+	if _, ok := w.Snapshots()[a]; ok {
+		t.Error("a stopped loop's publish brought back a removed query")
+	}
+}
