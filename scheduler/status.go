@@ -7,6 +7,7 @@ import (
 	"io"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -73,6 +74,47 @@ type Status struct {
 	// Deployment is the latest deployment; InProgress when it is running.
 	Deployment *DeploymentView `json:"deployment,omitempty"`
 	InProgress bool            `json:"deployment_in_progress"`
+	// LoadBalancers are the `gwnomad lb` instances registered in Consul as
+	// LBService (filled by LoadBalancers; `gwnomad status` does).
+	LBService     string  `json:"lb_service,omitempty"`
+	LoadBalancers []LBRow `json:"load_balancers"`
+}
+
+// LBRow is one load balancer instance as Consul sees it.
+type LBRow struct {
+	ID      string         `json:"id"`
+	Node    string         `json:"node"`
+	Address string         `json:"address"`
+	Ports   map[string]int `json:"ports,omitempty"` // http, https
+	Check   string         `json:"check"`           // passing | warning | critical (its /healthz)
+	Admin   string         `json:"admin,omitempty"` // its admin listener (/routes, /metrics)
+}
+
+// LoadBalancers lists the instances of the Consul service that `gwnomad lb`
+// registers itself as (consul.service_name in lb.toml, "gwnomad-lb" by
+// default), with the state of their /healthz check. A token that may not
+// read the service sees none.
+func (c *Client) LoadBalancers(ctx context.Context, service string) ([]LBRow, error) {
+	entries, _, err := c.consul.Health().Service(service, "", false, c.cq(ctx))
+	if err != nil {
+		return nil, c.cerr("reading Consul health of "+service, err)
+	}
+	rows := []LBRow{}
+	for _, e := range entries {
+		r := LBRow{ID: e.Service.ID, Node: e.Node.Node, Address: e.Service.Address, Check: e.Checks.AggregatedStatus(),
+			Admin: e.Service.Meta["admin"], Ports: map[string]int{}}
+		if r.Address == "" {
+			r.Address = e.Node.Address
+		}
+		for _, name := range []string{"http", "https"} {
+			if p, err := strconv.Atoi(e.Service.Meta["port_"+name]); err == nil {
+				r.Ports[name] = p
+			}
+		}
+		rows = append(rows, r)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Node+rows[i].ID < rows[j].Node+rows[j].ID })
+	return rows, nil
 }
 
 // DeploymentView is a deployment and its task groups.
@@ -250,6 +292,7 @@ func (c *Client) instances(ctx context.Context) (map[string]*consulapi.ServiceEn
 func (st *Status) WriteText(w io.Writer) {
 	if !st.Registered {
 		fmt.Fprintf(w, "Job %q is not registered in Nomad (run `gwnomad deploy`).\n", st.Job)
+		writeLBs(w, st)
 		return
 	}
 	state := st.JobStatus
@@ -269,6 +312,30 @@ func (st *Status) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  group %s: %s\n", name, d.Groups[name])
 		}
 	}
+	writeLBs(w, st)
+}
+
+func writeLBs(w io.Writer, st *Status) {
+	if st.LBService == "" {
+		return
+	}
+	if len(st.LoadBalancers) == 0 {
+		fmt.Fprintf(w, "No load balancer is registered in Consul as %q.\n", st.LBService)
+		return
+	}
+	passing := 0
+	for _, r := range st.LoadBalancers {
+		if r.Check == consulapi.HealthPassing {
+			passing++
+		}
+	}
+	fmt.Fprintf(w, "Load balancers (Consul service %q): %d of %d passing\n", st.LBService, passing, len(st.LoadBalancers))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNODE\tADDRESS\tPORTS\tHEALTHZ\tADMIN")
+	for _, r := range st.LoadBalancers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Node, orDash(r.Address), portsString(r.Ports), r.Check, orDash(r.Admin))
+	}
+	tw.Flush()
 }
 
 func (g GroupView) String() string {

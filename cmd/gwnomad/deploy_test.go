@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"github.com/gwnomad/gwnomad/internal/devstack"
 	"github.com/gwnomad/gwnomad/internal/testenv"
 	"github.com/gwnomad/gwnomad/jobs"
+	"github.com/gwnomad/gwnomad/lb/lbtest"
 	"github.com/gwnomad/gwnomad/scheduler"
 	"github.com/gwnomad/gwnomad/spec"
 	"github.com/gwnomad/gwnomad/templates"
@@ -168,6 +171,32 @@ func TestDeployEndToEnd(t *testing.T) {
 		code, out, _ = gw(t, "status", "-f", v1)
 		if code != exitOK || !strings.Contains(out, "3 of 3 gateway nodes ready") || !strings.Contains(out, "READINESS") {
 			t.Errorf("status text: exit %d\n%s", code, out)
+		}
+		if !strings.Contains(out, `No load balancer is registered in Consul as "gwnomad-lb".`) {
+			t.Errorf("status text without a load balancer:\n%s", out)
+		}
+
+		// A load balancer registers itself; status lists it with its check.
+		l, _ := lbtest.Start(t, lbtest.Config(st, lbtest.Route("gw.test.local", service)))
+		testenv.WaitFor(t, 60*time.Second, "the load balancer passing in status", func() error {
+			code, out, _ := gw(t, "status", "-f", v1, "-o", "json")
+			var stat scheduler.Status
+			if err := json.Unmarshal([]byte(out), &stat); err != nil || code != exitOK {
+				return fmt.Errorf("exit %d, %v", code, err)
+			}
+			if len(stat.LoadBalancers) != 1 || stat.LoadBalancers[0].Check != "passing" {
+				return fmt.Errorf("load balancers %+v", stat.LoadBalancers)
+			}
+			lbr := stat.LoadBalancers[0]
+			_, port, _ := net.SplitHostPort(l.Addrs().HTTP)
+			if stat.LBService != "gwnomad-lb" || strconv.Itoa(lbr.Ports["http"]) != port || lbr.Admin != l.Addrs().Admin || lbr.Address == "" {
+				t.Errorf("load balancer row %+v (lb at %+v)", lbr, l.Addrs())
+			}
+			return nil
+		})
+		code, out, _ = gw(t, "status", "-f", v1)
+		if code != exitOK || !strings.Contains(out, `Load balancers (Consul service "gwnomad-lb"): 1 of 1 passing`) || !strings.Contains(out, "HEALTHZ") {
+			t.Errorf("status text with a load balancer: exit %d\n%s", code, out)
 		}
 	})
 
