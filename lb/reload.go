@@ -19,15 +19,17 @@ import (
 //
 //   - [[routes]]: hosts, services, ports, schemes, policies. The services a
 //     new route names are watched in Consul first, and the new routing table
-//     goes live once each has answered (at most ready_timeout, 10s), so a new
-//     route does not start with 503s. Until then the old table serves.
+//     goes live once each has answered (at most 10 s), so a new route does
+//     not start with 503s. Until then the old table serves.
 //   - [health], but fail_on_5xx.
 //   - log.level (with WithLogLevel).
 //
-// Passive health starts over (ejections are forgotten), and connections to
-// the gateways are opened anew as requests need them; requests in flight
-// finish on the table they started with. The metric series of instances
-// and of routes (by their first host) that are gone are deleted.
+// Passive health starts over (ejections are forgotten), the per-instance
+// counters (gwnomad_lb_requests_total, gwnomad_lb_ejections_total) start
+// again from 0 (a counter reset to Prometheus), and connections to the
+// gateways are opened anew as requests need them; requests in flight
+// finish on the table they started with. The series of routes (by their
+// first host) that are gone are deleted.
 //
 // Anything else (listeners, [tls], [consul], [proxy], the access log, and
 // with tls.mode "acme" the names certificates are for) needs a restart:
@@ -48,7 +50,7 @@ func (l *LB) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 
 	nb := l.newBuilder(cfg)
-	oldQ := l.watcher.Queries
+	oldQ := l.watcher.Watched()
 	newQ := nb.Queries()
 	// Watch the new services beside the old ones, and wait for their first
 	// answers: the old table keeps serving meanwhile.

@@ -234,6 +234,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 	return nil
 }
 
+// Watched returns the queries watched now (or to be, before Run).
+func (w *Watcher) Watched() []Query {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.Queries)
+}
+
 // SetQueries changes what is watched, also while Run runs (a reload): a
 // query kept keeps its watch and snapshot; a new one starts with an empty
 // snapshot (not Ready until Consul answers); a removed one stops and its
