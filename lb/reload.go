@@ -24,12 +24,13 @@ import (
 //   - [health], but fail_on_5xx.
 //   - log.level (with WithLogLevel).
 //
-// Passive health starts over (ejections are forgotten), the per-instance
-// counters (gwnomad_lb_requests_total, gwnomad_lb_ejections_total) start
-// again from 0 (a counter reset to Prometheus), and connections to the
-// gateways are opened anew as requests need them; requests in flight
-// finish on the table they started with. The series of routes (by their
-// first host) that are gone are deleted.
+// A route that is unchanged and at the same place in [[routes]] keeps its
+// instances: their passive health, slow start, keep-alive connections and
+// counters carry on. The instances of a changed or moved route start over
+// (ejections forgotten, connections opened anew, their counters from 0: a
+// counter reset to Prometheus), and the series of instances and routes
+// (by their first host) that are gone are deleted. Requests in flight
+// finish on the table they started with.
 //
 // Anything else (listeners, [tls], [consul], [proxy], the access log, and
 // with tls.mode "acme" the names certificates are for) needs a restart:
@@ -61,8 +62,9 @@ func (l *LB) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 
 	l.buildMu.Lock()
-	// Replace before the first Build: it deletes the old upstreams' metric
-	// series, which the new upstreams then create afresh.
+	// Replace before the first Build: it hands over the upstreams of
+	// unchanged routes and deletes the others' metric series, which new
+	// upstreams then create afresh.
 	l.builder.Replace(nb)
 	l.builder = nb
 	t := nb.Build(l.watcher.Snapshots())

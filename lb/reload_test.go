@@ -63,7 +63,8 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	c := st.ConsulAPI()
 	ga := inProcessGateway(t, "gw-a")
 	register(t, c, ga, true) // apim-gateway
-	registerAs(t, c, inProcessGateway(t, "gw-b"), "gw-other")
+	gb := inProcessGateway(t, "gw-b")
+	registerAs(t, c, gb, "gw-other")
 
 	level := new(slog.LevelVar)
 	cfg := lbtest.Config(st, config.Route{Hosts: []string{host}})
@@ -143,9 +144,19 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	if !hasSeries(t, l, "gwnomad_lb_request_duration_seconds", map[string]string{"route": "second.test.local"}) {
 		t.Fatal("no series for the added route")
 	}
+	// The first route is unchanged at the same place: its instance carries
+	// on (the same counter, not a new one from 0).
+	gbSeries := map[string]string{"route": host, "instance": gb.addr, "code": "2xx"}
+	before, ok := seriesValue(t, l, "gwnomad_lb_requests_total", gbSeries)
+	if !ok || before < 100 {
+		t.Fatalf("gw-b's 2xx counter before the reload: %v %v", before, ok)
+	}
 	next = lbtest.Config(st, config.Route{Hosts: []string{host}, Service: "gw-other", Policy: "round_robin"})
 	if err := l.Reload(context.Background(), next); err != nil {
 		t.Fatal(err)
+	}
+	if after, ok := seriesValue(t, l, "gwnomad_lb_requests_total", gbSeries); !ok || after != before {
+		t.Errorf("gw-b's 2xx counter across a reload that kept its route: %v -> %v (%v)", before, after, ok)
 	}
 	for _, name := range []string{"gwnomad_lb_request_duration_seconds", "gwnomad_lb_requests_total"} {
 		if hasSeries(t, l, name, map[string]string{"route": "second.test.local"}) {
@@ -180,6 +191,14 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 // with these label values.
 func hasSeries(t *testing.T, l *lb.LB, name string, labels map[string]string) bool {
 	t.Helper()
+	_, ok := seriesValue(t, l, name, labels)
+	return ok
+}
+
+// seriesValue is the value of the first series of metric name with these
+// label values (a counter's, a gauge's or a histogram's sample count).
+func seriesValue(t *testing.T, l *lb.LB, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
 	mfs, err := l.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -199,8 +218,16 @@ func hasSeries(t *testing.T, l *lb.LB, name string, labels map[string]string) bo
 					continue metrics
 				}
 			}
-			return true
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue(), true
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue(), true
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount()), true
+			}
+			return 0, true
 		}
 	}
-	return false
+	return 0, false
 }

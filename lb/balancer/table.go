@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -352,21 +353,27 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 	return t
 }
 
-// Replace retires b for next (a configuration reload): OnGone is told of
-// every upstream b made, and next's tables continue b's version numbers.
+// Replace retires b for next (a configuration reload). An upstream of a
+// route that next has unchanged at the same place carries on into next
+// (passive health, slow start, keep-alive pool and metrics intact); OnGone
+// is told of every other. next's tables continue b's version numbers.
 // Tables b built stay usable for the requests that hold them.
 func (b *Builder) Replace(next *Builder) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	next.mu.Lock()
+	defer next.mu.Unlock()
 	for k, u := range b.ups {
 		delete(b.ups, k)
+		if i := u.Route; i < len(b.routes) && i < len(next.routes) && reflect.DeepEqual(b.routes[i], next.routes[i]) {
+			next.ups[k] = u
+			continue
+		}
 		if b.OnGone != nil {
 			b.OnGone(u)
 		}
 	}
-	next.mu.Lock()
 	next.version = max(next.version, b.version)
-	next.mu.Unlock()
 }
 
 // ResolvePort is the port of in for a route port given as a number (num >
