@@ -65,7 +65,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -124,10 +126,13 @@ type LB struct {
 	reloadMu sync.Mutex        // one Reload at a time
 	live     *config.Config    // the configuration in force (under reloadMu)
 	level    *slog.LevelVar    // WithLogLevel
-	proxy    *proxy.Proxy
-	watcher  *discovery.Watcher
-	draining atomic.Bool
-	lag      prometheus.Histogram
+	// reregister hands the register loop the routes of a reload that
+	// changed the services routed (meta "services").
+	reregister chan []config.Route
+	proxy      *proxy.Proxy
+	watcher    *discovery.Watcher
+	draining   atomic.Bool
+	lag        prometheus.Histogram
 
 	httpLn, httpsLn, adminLn net.Listener
 	fast                     *fasthttp.Server
@@ -146,7 +151,7 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid lb configuration: %w", err)
 	}
-	l := &LB{cfg: cfg, done: make(chan struct{})}
+	l := &LB{cfg: cfg, done: make(chan struct{}), reregister: make(chan []config.Route, 1)}
 	for _, o := range opts {
 		o(l)
 	}
@@ -497,7 +502,7 @@ func (l *LB) drain(stopRegister context.CancelFunc, regDone <-chan struct{}) {
 // ctx ends.
 func (l *LB) registerLoop(ctx context.Context) {
 	cfg := &l.cfg.Consul
-	reg := l.registration()
+	reg := l.registration(l.cfg.Routes)
 	log := l.log.With("component", "register", "service_id", reg.ID)
 	registered := false
 	failures := 0
@@ -527,6 +532,10 @@ func (l *LB) registerLoop(ctx context.Context) {
 		}
 		t := time.NewTimer(wait)
 		select {
+		case routes := <-l.reregister: // a reload changed the services routed
+			t.Stop()
+			reg, registered = l.registration(routes), false
+			continue
 		case <-ctx.Done():
 			t.Stop()
 			dctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -543,7 +552,9 @@ func (l *LB) registerLoop(ctx context.Context) {
 	}
 }
 
-func (l *LB) registration() *consulapi.AgentServiceRegistration {
+// registration is the balancer's service in Consul; its meta "services"
+// lists the services its routes send to (what `gwnomad status` matches).
+func (l *LB) registration(routes []config.Route) *consulapi.AgentServiceRegistration {
 	cfg := &l.cfg.Consul
 	a := l.Addrs()
 	front := a.HTTP
@@ -565,7 +576,7 @@ func (l *LB) registration() *consulapi.AgentServiceRegistration {
 	if ip := net.ParseIP(ahost); ahost == "" || (ip != nil && ip.IsUnspecified()) {
 		ahost = "127.0.0.1"
 	}
-	meta := map[string]string{"admin": a.Admin}
+	meta := map[string]string{"admin": a.Admin, "services": routedServices(routes)}
 	if a.HTTPS != "" {
 		_, p, _ := net.SplitHostPort(a.HTTPS)
 		meta["port_https"] = p
@@ -585,6 +596,23 @@ func (l *LB) registration() *consulapi.AgentServiceRegistration {
 			DeregisterCriticalServiceAfter: "30m",
 		},
 	}
+}
+
+// routedServices is the sorted, comma-separated list of the Consul services
+// that routes send to.
+func routedServices(routes []config.Route) string {
+	var out []string
+	for _, r := range routes {
+		svc := r.Service
+		if svc == "" {
+			svc = "apim-gateway"
+		}
+		if !slices.Contains(out, svc) {
+			out = append(out, svc)
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, ",")
 }
 
 // collector exports discovery and table state at scrape time.

@@ -77,6 +77,13 @@ func (l *LB) Reload(ctx context.Context, cfg *config.Config) error {
 		}
 	}
 
+	if l.cfg.Consul.Register && routedServices(l.live.Routes) != routedServices(cfg.Routes) {
+		select { // the register loop takes the latest routes
+		case <-l.reregister:
+		default:
+		}
+		l.reregister <- cfg.Routes
+	}
 	if l.level != nil {
 		l.level.Set(level.Level())
 	}

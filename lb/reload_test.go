@@ -136,6 +136,20 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	if !hasSeries(t, l, "gwnomad_lb_request_duration_seconds", map[string]string{"route": host}) {
 		t.Error("the moved route's duration series is gone")
 	}
+	// The balancer's own registration now names both services it routes to.
+	testenv.WaitFor(t, 30*time.Second, "the registration's meta services updated", func() error {
+		svcs, err := c.Agent().ServicesWithFilter(`Service == "gwnomad-lb"`)
+		if err != nil {
+			return err
+		}
+		for _, s := range svcs {
+			if s.Meta["services"] == "apim-gateway,gw-other" {
+				return nil
+			}
+			return fmt.Errorf("meta %v", s.Meta)
+		}
+		return fmt.Errorf("not registered: %v", svcs)
+	})
 	if level.Level() != slog.LevelDebug {
 		t.Errorf("log.level not applied: %v", level.Level())
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -92,8 +93,9 @@ type LBRow struct {
 
 // LoadBalancers lists the instances of the Consul service that `gwnomad lb`
 // registers itself as (consul.service_name in lb.toml, "gwnomad-lb" by
-// default), with the state of their /healthz check. A token that may not
-// read the service sees none.
+// default) that send to this cluster's gateway service (their meta
+// "services"), with the state of their /healthz check. A token that may
+// not read the service sees none.
 func (c *Client) LoadBalancers(ctx context.Context, service string) ([]LBRow, error) {
 	entries, _, err := c.consul.Health().Service(service, "", false, c.cq(ctx))
 	if err != nil {
@@ -101,6 +103,9 @@ func (c *Client) LoadBalancers(ctx context.Context, service string) ([]LBRow, er
 	}
 	rows := []LBRow{}
 	for _, e := range entries {
+		if svcs := e.Service.Meta["services"]; svcs != "" && !slices.Contains(strings.Split(svcs, ","), c.spec.Gateway.Service) {
+			continue // in front of another cluster
+		}
 		r := LBRow{ID: e.Service.ID, Node: e.Node.Node, Address: e.Service.Address, Check: e.Checks.AggregatedStatus(),
 			Admin: e.Service.Meta["admin"], Ports: map[string]int{}}
 		if r.Address == "" {

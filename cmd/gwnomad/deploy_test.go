@@ -177,7 +177,18 @@ func TestDeployEndToEnd(t *testing.T) {
 		}
 
 		// A load balancer registers itself; status lists it with its check.
+		// One in front of another service is not this cluster's.
 		l, _ := lbtest.Start(t, lbtest.Config(st, lbtest.Route("gw.test.local", service)))
+		other := lbtest.Config(st, lbtest.Route("other.test.local", "other-service"))
+		other.Consul.ServiceID = "gwnomad-lb-other"
+		lbtest.Start(t, other)
+		testenv.WaitFor(t, 60*time.Second, "both load balancers registered", func() error {
+			entries, _, err := consul.Health().Service("gwnomad-lb", "", false, nil)
+			if err != nil || len(entries) != 2 {
+				return fmt.Errorf("%d instances of gwnomad-lb, %v", len(entries), err)
+			}
+			return nil
+		})
 		testenv.WaitFor(t, 60*time.Second, "the load balancer passing in status", func() error {
 			code, out, _ := gw(t, "status", "-f", v1, "-o", "json")
 			var stat scheduler.Status

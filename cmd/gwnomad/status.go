@@ -21,8 +21,9 @@ status shows the gateway cluster: one row per gateway node (allocation,
 Nomad client, address and ports, Nomad state, Consul liveness and readiness,
 job version, uptime) and the deployment in progress, if any (per task group
 desired/placed/healthy/unhealthy), then the load balancers in front: every
-gwnomad lb registered in Consul (--lb-service) with its /healthz check. Run
-it to follow a deploy that was detached or interrupted.
+gwnomad lb registered in Consul (--lb-service) whose routes send to this
+cluster's gateway service, with its /healthz check. Run it to follow a
+deploy that was detached or interrupted.
 
 Examples:
   gwnomad status -f gwnomad.toml
