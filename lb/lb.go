@@ -599,16 +599,12 @@ func (l *LB) registration(routes []config.Route) *consulapi.AgentServiceRegistra
 }
 
 // routedServices is the sorted, comma-separated list of the Consul services
-// that routes send to.
+// that routes (validated: defaults filled) send to.
 func routedServices(routes []config.Route) string {
 	var out []string
 	for _, r := range routes {
-		svc := r.Service
-		if svc == "" {
-			svc = "apim-gateway"
-		}
-		if !slices.Contains(out, svc) {
-			out = append(out, svc)
+		if !slices.Contains(out, r.Service) {
+			out = append(out, r.Service)
 		}
 	}
 	slices.Sort(out)

@@ -365,7 +365,7 @@ func (b *Builder) Replace(next *Builder) {
 	defer next.mu.Unlock()
 	for k, u := range b.ups {
 		delete(b.ups, k)
-		if i := u.Route; i < len(b.routes) && i < len(next.routes) && reflect.DeepEqual(b.routes[i], next.routes[i]) {
+		if i := u.Route; i < len(next.routes) && reflect.DeepEqual(b.routes[i], next.routes[i]) {
 			next.ups[k] = u
 			continue
 		}
