@@ -96,6 +96,7 @@ type gw struct {
 	port       int
 	checkID    string
 	stop       func()
+	accepted   *atomic.Int64 // connections accepted (in-process gateways)
 }
 
 // register puts g in Consul as service apim-gateway with the registration
@@ -123,9 +124,16 @@ func register(t *testing.T, c *consulapi.Client, g *gw, ttl bool) {
 }
 
 func inProcessGateway(t *testing.T, name string) *gw {
-	s := httptest.NewServer(gatewayHandler(name))
+	s := httptest.NewUnstartedServer(gatewayHandler(name))
+	accepted := new(atomic.Int64)
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			accepted.Add(1)
+		}
+	}
+	s.Start()
 	t.Cleanup(s.Close)
-	return &gw{name: name, addr: s.Listener.Addr().String(), stop: s.Close}
+	return &gw{name: name, addr: s.Listener.Addr().String(), stop: s.Close, accepted: accepted}
 }
 
 // processGateway re-executes the test binary as a gateway process.

@@ -24,9 +24,9 @@ import (
 //   - [health], but fail_on_5xx.
 //   - log.level (with WithLogLevel).
 //
-// A route that is unchanged and at the same place in [[routes]] keeps its
-// instances: their passive health, slow start, keep-alive connections and
-// counters carry on. The instances of a changed or moved route start over
+// A route that is unchanged keeps its instances, wherever it moved in
+// [[routes]]: their passive health, slow start, keep-alive connections and
+// counters carry on. The instances of a changed route start over
 // (ejections forgotten, connections opened anew, their counters from 0: a
 // counter reset to Prometheus), and the series of instances and routes
 // (by their first host) that are gone are deleted. Requests in flight

@@ -158,19 +158,34 @@ func TestReloadRoutesUnderLoadZeroFailures(t *testing.T) {
 	if !hasSeries(t, l, "gwnomad_lb_request_duration_seconds", map[string]string{"route": "second.test.local"}) {
 		t.Fatal("no series for the added route")
 	}
-	// The first route is unchanged at the same place: its instance carries
-	// on (the same counter, not a new one from 0).
+	// The first route is unchanged but moves to second place (a route is
+	// added before it, the other removed): its instance carries on (the
+	// same counter, not a new one from 0), and so does its keep-alive
+	// connection to the gateway.
 	gbSeries := map[string]string{"route": host, "instance": gb.addr, "code": "2xx"}
 	before, ok := seriesValue(t, l, "gwnomad_lb_requests_total", gbSeries)
 	if !ok || before < 100 {
 		t.Fatalf("gw-b's 2xx counter before the reload: %v %v", before, ok)
 	}
-	next = lbtest.Config(st, config.Route{Hosts: []string{host}, Service: "gw-other", Policy: "round_robin"})
+	gbConns := gb.accepted.Load()
+	next = lbtest.Config(st,
+		config.Route{Hosts: []string{"third.test.local"}},
+		config.Route{Hosts: []string{host}, Service: "gw-other", Policy: "round_robin"},
+	)
 	if err := l.Reload(context.Background(), next); err != nil {
 		t.Fatal(err)
 	}
 	if after, ok := seriesValue(t, l, "gwnomad_lb_requests_total", gbSeries); !ok || after != before {
-		t.Errorf("gw-b's 2xx counter across a reload that kept its route: %v -> %v (%v)", before, after, ok)
+		t.Errorf("gw-b's 2xx counter across a reload that moved its route: %v -> %v (%v)", before, after, ok)
+	}
+	if got := askOn(t, conn, br, host); got != "gw-b" {
+		t.Errorf("after the route moved: answered by %q, want gw-b", got)
+	}
+	if n := gb.accepted.Load(); n != gbConns {
+		t.Errorf("gw-b accepted %d new connections after its route moved: the pool did not carry on", n-gbConns)
+	}
+	if got := askOn(t, conn, br, "third.test.local"); got != "gw-a" {
+		t.Errorf("the route added first was answered by %q, want gw-a", got)
 	}
 	for _, name := range []string{"gwnomad_lb_request_duration_seconds", "gwnomad_lb_requests_total"} {
 		if hasSeries(t, l, name, map[string]string{"route": "second.test.local"}) {

@@ -667,27 +667,28 @@ func poll(ctx context.Context, timeout time.Duration, what string, f func() erro
 	}
 }
 
-// cpuTicks is utime+stime of a process (all its threads), in clock ticks.
-func cpuTicks(pid int) (int64, error) {
+// cpuTicks is utime+stime of a process (all its threads), and stime alone
+// (the kernel's share), in clock ticks.
+func cpuTicks(pid int) (total, sys int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
 	f := strings.Fields(s[i+1:])
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
 	u, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	return u + st, nil
+	return u + st, st, nil
 }
 
 // ioCalls is the number of read and write system calls of a process
@@ -718,6 +719,7 @@ type sample struct {
 	Errors             int64
 	P50, P99           float64 // µs
 	ProxyCPU           float64 // seconds
+	ProxySys           float64 // seconds of ProxyCPU spent in the kernel
 	BackendCPU         float64 // seconds, all three gateways
 	Rate               float64 // asked rate (half load), req/s
 	IOCalls            int64   // read+write system calls of the proxy
@@ -731,6 +733,12 @@ func (s sample) ProxyUS() float64 {
 		return math.NaN()
 	}
 	return s.ProxyCPU / float64(s.Requests) * 1e6
+}
+func (s sample) ProxySysUS() float64 {
+	if s.Requests == 0 {
+		return math.NaN()
+	}
+	return s.ProxySys / float64(s.Requests) * 1e6
 }
 func (s sample) BackendUS() float64 {
 	if s.Requests == 0 {
@@ -764,12 +772,16 @@ func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time
 		pids = append(pids, b.cmd.Process.Pid)
 	}
 	before := make([]int64, len(pids))
+	var sys0 int64
 	for i, p := range pids {
-		v, err := cpuTicks(p)
+		v, sys, err := cpuTicks(p)
 		if err != nil {
 			return sample{}, err
 		}
 		before[i] = v
+		if i == 0 {
+			sys0 = sys
+		}
 	}
 	io0 := ioCalls(pid)
 	cmd := exec.CommandContext(ctx, "wrk", args...)
@@ -783,7 +795,7 @@ func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time
 		s.Load = "half"
 	}
 	for i, p := range pids {
-		v, err := cpuTicks(p)
+		v, sys, err := cpuTicks(p)
 		if err != nil {
 			return sample{}, err
 		}
@@ -791,6 +803,7 @@ func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time
 		if i == 0 {
 			if !t.isDirect {
 				s.ProxyCPU = secs
+				s.ProxySys = float64(sys-sys0) / clkTck
 			}
 		} else {
 			s.BackendCPU += secs
@@ -964,9 +977,9 @@ func report(o options, r *rig, res *results) error {
 		return err
 	}
 	var tsv strings.Builder
-	tsv.WriteString("target\tmode\tload\trate\trequests\tseconds\terrors\tp50_us\tp99_us\tproxy_cpu_s\tbackend_cpu_s\n")
+	tsv.WriteString("target\tmode\tload\trate\trequests\tseconds\terrors\tp50_us\tp99_us\tproxy_cpu_s\tbackend_cpu_s\tproxy_sys_s\n")
 	for _, s := range res.samples {
-		fmt.Fprintf(&tsv, "%s\t%s\t%s\t%.0f\t%d\t%.3f\t%d\t%.0f\t%.0f\t%.2f\t%.2f\n", s.Target, s.Mode, s.Load, s.Rate, s.Requests, s.Seconds, s.Errors, s.P50, s.P99, s.ProxyCPU, s.BackendCPU)
+		fmt.Fprintf(&tsv, "%s\t%s\t%s\t%.0f\t%d\t%.3f\t%d\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\n", s.Target, s.Mode, s.Load, s.Rate, s.Requests, s.Seconds, s.Errors, s.P50, s.P99, s.ProxyCPU, s.BackendCPU, s.ProxySys)
 	}
 	if err := os.WriteFile(filepath.Join(o.resultsDir, o.label+".tsv"), []byte(tsv.String()), 0o644); err != nil {
 		return err
@@ -1026,17 +1039,18 @@ func render(o options, r *rig, res *results) string {
 		} else {
 			w("#### Half of gwnomad's peak rate (latency): plain %.0f req/s, TLS %.0f req/s asked\n\n", res.halfAt["plain"], res.halfAt["tls"])
 		}
-		w("| target | mode | req/s | p50 | p99 | proxy CPU/req | gateways CPU/req | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+		w("| target | mode | req/s | p50 | p99 | proxy CPU/req | of which kernel | gateways CPU/req | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range []string{"plain", "tls"} {
 			for _, t := range r.targets {
 				get := func(f func(sample) float64) float64 { return median(pick(res.samples, t.name, m, load, f)) }
 				errs := get(func(s sample) float64 { return float64(s.Errors) })
-				cpu := "n/a (no proxy)"
+				cpu, sys := "n/a (no proxy)", "n/a"
 				if !t.isDirect {
 					cpu = fmt.Sprintf("%.1f µs", get(sample.ProxyUS))
+					sys = fmt.Sprintf("%.1f µs", get(sample.ProxySysUS))
 				}
-				w("| %s | %s | %.0f | %s | %s | %s | %.1f µs | %.0f |\n", t.name, m, get(sample.RPS), us(get(func(s sample) float64 { return s.P50 })),
-					us(get(func(s sample) float64 { return s.P99 })), cpu, get(sample.BackendUS), errs)
+				w("| %s | %s | %.0f | %s | %s | %s | %s | %.1f µs | %.0f |\n", t.name, m, get(sample.RPS), us(get(func(s sample) float64 { return s.P50 })),
+					us(get(func(s sample) float64 { return s.P99 })), cpu, sys, get(sample.BackendUS), errs)
 			}
 		}
 		w("\n")

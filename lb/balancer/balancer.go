@@ -36,11 +36,11 @@ import (
 // Upstream is one instance of a route's service: where to send, and what
 // the request path learnt about it.
 type Upstream struct {
-	Key       string // stable identity: route index, node, service ID, address
+	Key       string // identity: route index, node, service ID, address
 	Addr      string // host:port to dial
 	ServiceID string
 	Node      string
-	Route     int // index of its route in the configuration
+	Route     int // index of its route in the configuration (Key and Route change when a reload moves the route)
 
 	inflight     atomic.Int64
 	fails        atomic.Int32 // consecutive failures

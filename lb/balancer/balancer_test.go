@@ -91,6 +91,43 @@ func TestUpstreamsSurviveRebuild(t *testing.T) {
 	}
 }
 
+// A reload carries the instances of an unchanged route over wherever the
+// route moved; a changed route's instances are gone, and a carried one is
+// found again by the next Build (not made anew).
+func TestReplaceCarriesMovedRoutes(t *testing.T) {
+	a := config.Route{Hosts: []string{"a.example.com"}}
+	b1 := config.Route{Hosts: []string{"b.example.com"}, Policy: "p2c"}
+	old := NewBuilder([]config.Route{a, b1}, testHealth)
+	gone := map[string]bool{}
+	old.OnGone = func(u *Upstream) { gone[u.Key] = true }
+	t1 := old.Build(snap("apim-gateway", 2))
+	ua, ub := t1.Routes[0].Upstreams[0], t1.Routes[1].Upstreams[0]
+	ub.Acquire()
+
+	b2 := b1
+	b2.Policy = "least_conn" // changed: its instances start over
+	next := NewBuilder([]config.Route{{Hosts: []string{"new.example.com"}}, b2, a}, testHealth)
+	made := 0
+	next.OnNew = func(*config.Route, *Upstream) { made++ }
+	old.Replace(next)
+	if len(gone) != 2 || gone[ua.Key] {
+		t.Fatalf("gone after Replace: %v; a's instance %s must carry on", gone, ua.Key)
+	}
+	t2 := next.Build(snap("apim-gateway", 2))
+	if got := t2.Routes[2].Upstreams[0]; got != ua || got.Route != 2 {
+		t.Errorf("route a moved from 0 to 2: its instance is %p (route %d), want %p carried over", got, got.Route, ua)
+	}
+	if got := t2.Routes[1].Upstreams[0]; got == ub || got.Inflight() != 0 {
+		t.Errorf("route b changed: its instance was carried over")
+	}
+	if made != 4 { // new.example.com's two and changed b's two
+		t.Errorf("OnNew called %d times, want 4", made)
+	}
+	if t2.Version <= t1.Version {
+		t.Errorf("version %d after %d", t2.Version, t1.Version)
+	}
+}
+
 func TestPoliciesSpreadAndSkip(t *testing.T) {
 	for _, p := range config.Policies {
 		t.Run(p, func(t *testing.T) {

@@ -354,19 +354,30 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 }
 
 // Replace retires b for next (a configuration reload). An upstream of a
-// route that next has unchanged at the same place carries on into next
-// (passive health, slow start, keep-alive pool and metrics intact); OnGone
-// is told of every other. next's tables continue b's version numbers.
-// Tables b built stay usable for the requests that hold them.
+// route that next has unchanged (wherever it now is in the list) carries on
+// into next: passive health, slow start, keep-alive pool and metrics
+// intact. OnGone is told of every other. next's tables continue b's version
+// numbers. Tables b built stay usable for the requests that hold them.
 func (b *Builder) Replace(next *Builder) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	next.mu.Lock()
 	defer next.mu.Unlock()
+	// moved[i] is where b's route i is in next, -1 if it is not there
+	// unchanged. Validation makes first hosts unique, so a route matches
+	// at most one.
+	moved := make([]int, len(b.routes))
+	for i := range b.routes {
+		moved[i] = slices.IndexFunc(next.routes, func(r config.Route) bool { return reflect.DeepEqual(b.routes[i], r) })
+	}
 	for k, u := range b.ups {
 		delete(b.ups, k)
-		if i := u.Route; i < len(next.routes) && reflect.DeepEqual(b.routes[i], next.routes[i]) {
-			next.ups[k] = u
+		if j := moved[u.Route]; j >= 0 {
+			// The key starts with the route's index (see Build).
+			_, rest, _ := strings.Cut(k, "|")
+			u.Route = j
+			u.Key = strconv.Itoa(j) + "|" + rest
+			next.ups[u.Key] = u
 			continue
 		}
 		if b.OnGone != nil {
