@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -14,45 +16,67 @@ import (
 	"time"
 )
 
-// largeBackend answers /large with size bytes of a fixed pattern (with
-// Content-Length, or chunked when the query has chunked=1) to any method,
-// /small with "small", and counts the requests it gets.
-func largeBackend(t *testing.T, size int) (*httptest.Server, *atomic.Int64, []byte) {
+// largeGateway is a gateway for large answers: it answers /large with
+// size bytes of a fixed pattern (with Content-Length, or chunked when the
+// query has chunked=1) to any method, /small with "small", and counts the
+// requests and the connections it gets.
+type largeGateway struct {
+	*httptest.Server
+	requests       atomic.Int64
+	opened, closed atomic.Int64
+	body           []byte
+}
+
+func largeBackend(t *testing.T, size int) *largeGateway {
 	t.Helper()
-	body := bytes.Repeat([]byte("0123456789abcdef"), size/16)
-	var n atomic.Int64
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
+	g := &largeGateway{body: bytes.Repeat([]byte("0123456789abcdef"), size/16)}
+	g.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.requests.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
 		if r.URL.Path == "/small" {
 			_, _ = w.Write([]byte("small"))
 			return
 		}
 		if r.URL.Query().Get("chunked") == "" {
-			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.Header().Set("Content-Length", strconv.Itoa(len(g.body)))
 		}
-		for rest := body; len(rest) > 0; { // in pieces, flushed: chunked when no length
+		for rest := g.body; len(rest) > 0; { // in pieces, flushed: chunked when no length
 			k := min(len(rest), 64<<10)
-			_, _ = w.Write(rest[:k])
+			if _, err := w.Write(rest[:k]); err != nil {
+				return
+			}
 			w.(http.Flusher).Flush()
 			rest = rest[k:]
 		}
 	}))
-	t.Cleanup(s.Close)
-	return s, &n, body
+	g.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			g.opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			g.closed.Add(1)
+		}
+	}
+	g.Start()
+	t.Cleanup(g.Close)
+	return g
 }
 
-// Answers larger than MaxBufferedResponse reach clients of idempotent
-// requests whole, streamed (HTTP/1.1 with Content-Length or chunked, and
-// HTTP/2); other requests get 502 and the gateway is not held at fault;
-// small answers on the same connection afterwards are buffered as before.
+// Answers larger than MaxBufferedResponse reach clients whole, streamed
+// (HTTP/1.1 with Content-Length or chunked, and HTTP/2). One with a
+// Content-Length is fetched once, for any method, and its gateway
+// connection is used again after it; a chunked one is fetched again for
+// a stream (idempotent requests) or refused with 502 (others, and the
+// gateway is not held at fault). Small answers on the same connections
+// afterwards are buffered as before.
 func TestLargeAnswersStreamed(t *testing.T) {
 	const limit = 256 << 10
-	gw, requests, body := largeBackend(t, 3<<20)
-	lb := startLB(t, Options{MaxBufferedResponse: limit}, addr(gw))
+	gw := largeBackend(t, 3<<20)
+	body := gw.body
+	lb := startLB(t, Options{MaxBufferedResponse: limit}, addr(gw.Server))
 	want := sha256.Sum256(body)
 	cl := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1}}
-	get := func(method, path string) (int, []byte) {
+	do := func(method, path string) (*http.Response, []byte) {
 		t.Helper()
 		req, _ := http.NewRequest(method, lb.url+path, strings.NewReader("x"))
 		req.Host = "gw.example.com"
@@ -65,28 +89,59 @@ func TestLargeAnswersStreamed(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s: reading: %v", method, path, err)
 		}
+		return resp, b
+	}
+	get := func(method, path string) (int, []byte) {
+		t.Helper()
+		resp, b := do(method, path)
 		return resp.StatusCode, b
 	}
 
-	for _, path := range []string{"/large", "/large?chunked=1"} {
-		before := requests.Load()
-		code, b := get("GET", path)
+	if code, b := get("GET", "/small"); code != 200 || string(b) != "small" {
+		t.Fatalf("GET /small: %d %q", code, b)
+	}
+	for _, c := range []struct {
+		method, path string
+		fetches      int64
+	}{
+		{"GET", "/large", 1},           // Content-Length: streamed at once
+		{"POST", "/large", 1},          // whatever the method
+		{"GET", "/large?chunked=1", 2}, // buffered try, then streamed
+	} {
+		before, conns := gw.requests.Load(), gw.opened.Load()
+		code, b := get(c.method, c.path)
 		if code != 200 || sha256.Sum256(b) != want {
-			t.Errorf("GET %s: %d, %d bytes (want 200, %d bytes intact)", path, code, len(b), len(body))
+			t.Errorf("%s %s: %d, %d bytes (want 200, %d bytes intact)", c.method, c.path, code, len(b), len(body))
 		}
-		if n := requests.Load() - before; n != 2 {
-			t.Errorf("GET %s: the gateway saw %d requests, want 2 (buffered try, then streamed)", path, n)
+		if n := gw.requests.Load() - before; n != c.fetches {
+			t.Errorf("%s %s: the gateway saw %d requests, want %d", c.method, c.path, n, c.fetches)
 		}
 		// The same client connection goes on with buffered answers.
 		if code, b := get("GET", "/small"); code != 200 || string(b) != "small" {
-			t.Errorf("GET /small after %s: %d %q", path, code, b)
+			t.Errorf("GET /small after %s %s: %d %q", c.method, c.path, code, b)
+		}
+		if c.fetches == 1 {
+			// Read to its end, the streamed answer's connection went
+			// back to the pool and served /small.
+			if n := gw.opened.Load() - conns; n != 0 {
+				t.Errorf("%s %s then GET /small opened %d new gateway connections, want 0", c.method, c.path, n)
+			}
 		}
 	}
 
+	// HEAD: the header's length, no body, and the connection is fine.
+	resp, b := do("HEAD", "/large")
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(body)) || len(b) != 0 {
+		t.Errorf("HEAD /large: %d, Content-Length %d, %d body bytes", resp.StatusCode, resp.ContentLength, len(b))
+	}
+	if code, b := get("GET", "/small"); code != 200 || string(b) != "small" {
+		t.Errorf("GET /small after HEAD /large: %d %q", code, b)
+	}
+
 	for range testHealth.ConsecutiveFailures + 1 {
-		code, b := get("POST", "/large")
+		code, b := get("POST", "/large?chunked=1")
 		if code != 502 || !strings.Contains(string(b), "max_buffered_response_bytes") {
-			t.Errorf("POST /large: %d %q, want 502 naming max_buffered_response_bytes", code, b)
+			t.Errorf("POST /large?chunked=1: %d %q, want 502 naming max_buffered_response_bytes", code, b)
 		}
 	}
 	// Not the gateway's fault: it was not ejected.
@@ -95,7 +150,7 @@ func TestLargeAnswersStreamed(t *testing.T) {
 	}
 
 	// HTTP/2 clients get the stream too.
-	tl := startTLSLB(t, Options{MaxBufferedResponse: limit}, addr(gw))
+	tl := startTLSLB(t, Options{MaxBufferedResponse: limit}, addr(gw.Server))
 	pool := tl.pool
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "gw.example.com"}, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
@@ -111,6 +166,59 @@ func TestLargeAnswersStreamed(t *testing.T) {
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != 200 || resp.ProtoMajor != 2 || sha256.Sum256(b) != want {
 			t.Errorf("h2 GET %s: %s %s, %d bytes (%v)", path, resp.Proto, resp.Status, len(b), err)
+		}
+	}
+}
+
+// A client that leaves in the middle of a streamed answer: the gateway
+// connection, with the rest of the body still on it, is closed, not put
+// back in the pool, and the next requests get their own answers.
+func TestAbandonedStreamClosesGatewayConnection(t *testing.T) {
+	gw := largeBackend(t, 8<<20)
+	lb := startLB(t, Options{MaxBufferedResponse: 64 << 10}, addr(gw.Server))
+	c, err := net.Dial("tcp", lb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /large: %v %v", resp, err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 100<<10)); err != nil {
+		t.Fatalf("reading the start of the answer: %v", err)
+	}
+	closed := gw.closed.Load()
+	hc := lb.h.Load().Routes[0].Upstreams[0].Ext.(*upstreamExt).hc
+	c.Close() // with most of the 8 MiB unread
+
+	// Until the balancer is done with the stream's connection: closed, or
+	// (wrongly) idle in the pool.
+	deadline := time.Now().Add(20 * time.Second)
+	for gw.closed.Load() == closed && hc.IdleConnsCount() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway connection of the abandoned answer is still in use after 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := hc.IdleConnsCount(); n != 0 || gw.closed.Load() == closed {
+		t.Fatalf("the abandoned answer's gateway connection went back to the pool (%d idle) instead of being closed", n)
+	}
+	cl := &http.Client{Timeout: 10 * time.Second}
+	for i := range 5 {
+		req, _ := http.NewRequest("GET", lb.url+"/small", nil)
+		req.Host = "gw.example.com"
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatalf("GET /small #%d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "small" {
+			t.Errorf("GET /small #%d after the abandoned stream: %d %q", i, resp.StatusCode, b)
 		}
 	}
 }

@@ -33,9 +33,12 @@
 //     connection's keep-alive is the balancer's business, not the gateway's.
 //  7. If every try failed: 504 after a timeout, 502 otherwise.
 //  8. An answer larger than max_buffered_response_bytes is not held in
-//     memory: to an idempotent request it is asked again from the same
-//     gateway and streamed to the client (not counted as a retry nor as a
-//     failure); any other request gets 502.
+//     memory. One with a Content-Length above it is streamed to the client
+//     as it comes from the gateway (transport.go), whatever the method.
+//     One without (chunked) is noticed only once the limit is passed: to
+//     an idempotent request it is then asked again from the same gateway
+//     and streamed (not counted as a retry nor as a failure); any other
+//     request gets 502.
 package proxy
 
 import (
@@ -65,8 +68,8 @@ type Options struct {
 	DialTimeout         time.Duration
 	UpstreamTimeout     time.Duration // to write the request and read the whole answer
 	MaxConnsPerUpstream int
-	// MaxBufferedResponse: larger answers are streamed (idempotent
-	// requests) or refused with 502 (others); 0: no limit.
+	// MaxBufferedResponse: larger answers are streamed (rule 8) or, when
+	// chunked and the request not idempotent, refused with 502; 0: no limit.
 	MaxBufferedResponse int
 	FailOn5xx           bool // every 5xx is a passive-health failure (502/503/504 always are)
 	Trusted             []netip.Prefix
@@ -253,6 +256,7 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 			DisableHeaderNamesNormalizing: false,
 			ReadBufferSize:                16 << 10,
 			MaxResponseBodySize:           p.opt.MaxBufferedResponse,
+			Transport:                     gatewayTransport{max: p.opt.MaxBufferedResponse},
 
 			// The connection used last goes out first: it is warm on both
 			// ends, the ones beyond what the load needs idle out, and
@@ -372,7 +376,8 @@ func (p *Proxy) forward(r *balancer.Route, req *fasthttp.Request, resp *fasthttp
 		u.Acquire()
 		err := ux.hc.Do(req, resp)
 		if errors.Is(err, fasthttp.ErrBodyTooLarge) && idem {
-			// Too large to buffer: ask again for a stream (rule 8).
+			// Too large to buffer, and no Content-Length said so before
+			// the body: ask again for a stream (rule 8).
 			resp.StreamBody = true
 			err = ux.hc.Do(req, resp)
 		}
@@ -462,7 +467,7 @@ func (p *Proxy) writeError(resp *fasthttp.Response, o *outcome) {
 		resp.SetBodyString("gwnomad-lb: gateway timed out\n")
 	case errors.Is(o.err, fasthttp.ErrBodyTooLarge):
 		resp.SetStatusCode(fasthttp.StatusBadGateway)
-		resp.SetBodyString("gwnomad-lb: the gateway's answer is larger than max_buffered_response_bytes, and only idempotent requests get it streamed\n")
+		resp.SetBodyString("gwnomad-lb: the gateway's chunked answer is larger than max_buffered_response_bytes, and only idempotent requests get such an answer streamed\n")
 	default:
 		resp.SetStatusCode(fasthttp.StatusBadGateway)
 		resp.SetBodyString("gwnomad-lb: gateway unreachable\n")
