@@ -32,6 +32,8 @@ type gatewayTransport struct{ max int }
 // limit).
 const maxInterim = 100
 
+var errTooManyInterim = errors.New("more than 100 interim (1xx) answers")
+
 func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
 	if resp.StreamBody {
 		return fasthttp.DefaultTransport.RoundTrip(hc, req, resp)
@@ -86,7 +88,7 @@ func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reque
 	}
 	for n := 0; resp.StatusCode() >= 100 && resp.StatusCode() < 200 && resp.StatusCode() != fasthttp.StatusSwitchingProtocols; n++ {
 		if n >= maxInterim {
-			return fail(errors.New("too many interim (1xx) answers"))
+			return fail(errTooManyInterim)
 		}
 		if err := resp.Header.Read(br); err != nil {
 			return fail(err)
