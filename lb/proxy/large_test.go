@@ -222,3 +222,76 @@ func TestAbandonedStreamClosesGatewayConnection(t *testing.T) {
 		}
 	}
 }
+
+// rawGateway serves keep-alive requests on raw connections: /hints gets a
+// 103 Early Hints and then the final answer; /trailer a chunked answer
+// whose trailer comes in a later segment than its last chunk, so a round
+// trip that does not wait for it leaves it on the connection. It counts
+// the connections it accepts.
+func rawGateway(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var opened atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			opened.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					switch req.URL.Path {
+					case "/hints":
+						_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"+
+							"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+					case "/trailer":
+						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"+
+							"8\r\nchunk-1 \r\n7\r\nchunk-2\r\n0\r\n")
+						time.Sleep(20 * time.Millisecond) // the trailer comes later (part of the answer's shape, not a wait)
+						_, _ = io.WriteString(c, "X-Checksum: abc\r\n\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), &opened
+}
+
+// The round trip reads past interim answers (103 Early Hints) to the
+// final one, and reads a chunked answer's trailer, so the gateway
+// connection is used again after both.
+func TestInterimAnswersAndTrailers(t *testing.T) {
+	gw, opened := rawGateway(t)
+	lb := startLB(t, Options{MaxBufferedResponse: 1 << 20}, gw)
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1}}
+	for i, c := range []struct{ path, body string }{
+		{"/hints", "final"}, {"/trailer", "chunk-1 chunk-2"}, {"/hints", "final"}, {"/trailer", "chunk-1 chunk-2"}, {"/hints", "final"},
+	} {
+		req, _ := http.NewRequest("GET", lb.url+c.path, nil)
+		req.Host = "gw.example.com"
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", c.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != c.body {
+			t.Errorf("GET %s (#%d): %d %q, want 200 %q", c.path, i, resp.StatusCode, b, c.body)
+		}
+	}
+	if n := opened.Load(); n != 1 {
+		t.Errorf("the gateway saw %d connections for five requests in a row, want 1", n)
+	}
+}
