@@ -77,6 +77,7 @@ fuzz:
 	$(GO) test ./spec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./lb/balancer -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./lb/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./lb/proxy -run '^$$' -fuzz '^FuzzChunked$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/gatewaysim -run '^$$' -fuzz '^FuzzParseAPI$$' -fuzztime $(FUZZTIME)
 
 # go vet, staticcheck and govulncheck (installed into bin/ from the Go module

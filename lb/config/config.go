@@ -111,15 +111,13 @@ type Proxy struct {
 	// whole, which is what lets any request be resent to another gateway.
 	MaxBodyBytes int `toml:"max_body_bytes"` // default 16777216 (16 MiB)
 	// MaxBufferedResponseBytes: a gateway's answer up to this size is
-	// buffered whole (so a 502/503/504 can still be retried elsewhere). A
-	// larger answer is streamed to the client without being held in
-	// memory: at once when its Content-Length says so, whatever the
-	// method. A chunked answer is found too large only after this many
-	// bytes: to an idempotent request (GET, HEAD, ...) it is then asked
-	// again from the same gateway and streamed; to any other request it is
-	// answered 502. Streamed or not, an answer must arrive within
-	// upstream_timeout and reach the client within write_timeout. 0: no
-	// limit, every answer is buffered.
+	// buffered whole. A larger answer is streamed to the client as it
+	// comes, without being held in memory, fetched once whatever the
+	// method: from the start when its Content-Length says so, else (chunked,
+	// or ended by the gateway closing) once this many bytes have come.
+	// Streamed or not, an answer must arrive within upstream_timeout and
+	// reach the client within write_timeout. 0: no limit, every answer is
+	// buffered.
 	MaxBufferedResponseBytes int `toml:"max_buffered_response_bytes"` // default 4194304 (4 MiB)
 	// MaxConnsPerUpstream bounds the keep-alive pool to one gateway.
 	MaxConnsPerUpstream int `toml:"max_conns_per_upstream"` // default 1024

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -24,12 +25,21 @@ import (
 // (data that arrived and was read before the record was consumed) costs
 // one EAGAIN read, as every read did before; no record is ever lost, so
 // no read waits for data that is already there.
+//
+// One thing can be there without a new event: the peer's FIN. A short
+// read returns the last bytes but not the end of the stream, and a FIN
+// that came with those bytes raised its event before that read. So a read
+// waits first only if the connection wrote since the read before: then
+// the peer owes an answer, and a peer that had closed answers the write
+// with a reset, which raises an event. Reads that continue an answer
+// (more of a body, the end of a stream) read first.
 type rawConn struct {
 	tc      *net.TCPConn
 	rc      syscall.RawConn
-	pd      uintptr // the runtime's poll descriptor; 0: always read first
-	drained bool    // the last read returned less than asked
-	eagain  int     // reads that found nothing (tests read it)
+	pd      uintptr     // the runtime's poll descriptor; 0: always read first
+	drained bool        // the last read returned less than asked
+	wrote   atomic.Bool // a write since the last read (reads and writes may run concurrently)
+	eagain  int         // reads that found nothing (tests read it)
 
 	// The functions handed to rc and their arguments and results live as
 	// long as the connection: closures made per call would escape to the
@@ -53,10 +63,13 @@ func newRawConn(tc *net.TCPConn) (*rawConn, error) {
 }
 
 func (c *rawConn) read(b []byte) (int, error) {
-	if c.pd != 0 && c.drained {
-		if err := c.waitRead(); err != nil {
-			return 0, err
+	if c.wrote.Load() {
+		if c.pd != 0 && c.drained {
+			if err := c.waitRead(); err != nil {
+				return 0, err
+			}
 		}
+		c.wrote.Store(false)
 	}
 	c.rb, c.rn, c.rerr = b, 0, 0
 	err := c.rc.Read(c.readFn)
@@ -121,6 +134,9 @@ func (c *rawConn) write(b []byte) (int, error) {
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
 	c.wb = nil
+	if n > 0 && !c.wrote.Load() {
+		c.wrote.Store(true)
+	}
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"testing"
+	"time"
 )
 
 // The poll descriptor is found on the Go this is built with: if a Go
@@ -44,4 +46,41 @@ func TestConnWaitFirst(t *testing.T) {
 		t.Fatalf("%d of %d reads found nothing; waiting first should make that rare", c.raw.eagain, rounds)
 	}
 	t.Logf("%d rounds, %d reads found nothing", rounds, c.raw.eagain)
+}
+
+// A peer that sends its last bytes and closes at once: the read that gets
+// those bytes is short, and the FIN behind them raised its event before
+// it. The next read must see the end of the stream at once, not wait for
+// an event that already came (until the deadline). Both when the bytes
+// answer a write of ours and when they continue an answer.
+func TestConnEOFBehindShortRead(t *testing.T) {
+	for _, wrote := range []bool{false, true} {
+		c, peer := connPair(t)
+		go func() {
+			if wrote {
+				_, _ = io.ReadFull(peer, make([]byte, 3))
+			}
+			_, _ = peer.Write([]byte("the last bytes"))
+			_ = peer.Close()
+		}()
+		if wrote {
+			if _, err := c.Write([]byte("GET")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		got := 0
+		var err error
+		for err == nil {
+			var n int
+			n, err = c.Read(buf)
+			got += n
+		}
+		if !errors.Is(err, io.EOF) || got != len("the last bytes") {
+			t.Errorf("after a write: %v: read %d bytes, then %v; want all 14, then EOF", wrote, got, err)
+		}
+	}
 }

@@ -33,12 +33,8 @@
 //     connection's keep-alive is the balancer's business, not the gateway's.
 //  7. If every try failed: 504 after a timeout, 502 otherwise.
 //  8. An answer larger than max_buffered_response_bytes is not held in
-//     memory. One with a Content-Length above it is streamed to the client
-//     as it comes from the gateway (transport.go), whatever the method.
-//     One without (chunked) is noticed only once the limit is passed: to
-//     an idempotent request it is then asked again from the same gateway
-//     and streamed (not counted as a retry nor as a failure); any other
-//     request gets 502.
+//     memory: it is streamed to the client as it comes from the gateway,
+//     from the first fetch, whatever the method (transport.go).
 package proxy
 
 import (
@@ -68,8 +64,8 @@ type Options struct {
 	DialTimeout         time.Duration
 	UpstreamTimeout     time.Duration // to write the request and read the whole answer
 	MaxConnsPerUpstream int
-	// MaxBufferedResponse: larger answers are streamed (rule 8) or, when
-	// chunked and the request not idempotent, refused with 502; 0: no limit.
+	// MaxBufferedResponse: larger answers are streamed (rule 8); 0: no
+	// limit, every answer is buffered.
 	MaxBufferedResponse int
 	FailOn5xx           bool // every 5xx is a passive-health failure (502/503/504 always are)
 	Trusted             []netip.Prefix
@@ -255,7 +251,6 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 			DisablePathNormalizing:        true,
 			DisableHeaderNamesNormalizing: false,
 			ReadBufferSize:                16 << 10,
-			MaxResponseBodySize:           p.opt.MaxBufferedResponse,
 			Transport:                     gatewayTransport{max: p.opt.MaxBufferedResponse},
 
 			// The connection used last goes out first: it is warm on both
@@ -348,7 +343,6 @@ func (p *Proxy) forward(r *balancer.Route, req *fasthttp.Request, resp *fasthttp
 	// to the gateway, if any, is done there): the scheme must say http
 	// whatever the client used.
 	req.URI().SetSchemeBytes(schemeHTTP)
-	resp.StreamBody = false // set below for one answer; the Response is reused
 	var tried balancer.Tried
 	for attempt := 0; attempt < p.opt.Tries; attempt++ {
 		nowNano := now.UnixNano()
@@ -375,17 +369,8 @@ func (p *Proxy) forward(r *balancer.Route, req *fasthttp.Request, resp *fasthttp
 		ux := u.Ext.(*upstreamExt)
 		u.Acquire()
 		err := ux.hc.Do(req, resp)
-		if errors.Is(err, fasthttp.ErrBodyTooLarge) && idem {
-			// Too large to buffer, and no Content-Length said so before
-			// the body: ask again for a stream (rule 8).
-			resp.StreamBody = true
-			err = ux.hc.Do(req, resp)
-		}
 		u.Release()
 		o.err = err
-		if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-			return // the gateway is fine; the answer is too large to buffer
-		}
 		if err != nil {
 			p.failure(r, u, ux)
 			if nothingSent(err) || (idem && !isTimeout(err)) {
@@ -465,9 +450,6 @@ func (p *Proxy) writeError(resp *fasthttp.Response, o *outcome) {
 	case isTimeout(o.err):
 		resp.SetStatusCode(fasthttp.StatusGatewayTimeout)
 		resp.SetBodyString("gwnomad-lb: gateway timed out\n")
-	case errors.Is(o.err, fasthttp.ErrBodyTooLarge):
-		resp.SetStatusCode(fasthttp.StatusBadGateway)
-		resp.SetBodyString("gwnomad-lb: the gateway's chunked answer is larger than max_buffered_response_bytes, and only idempotent requests get such an answer streamed\n")
 	default:
 		resp.SetStatusCode(fasthttp.StatusBadGateway)
 		resp.SetBodyString("gwnomad-lb: gateway unreachable\n")

@@ -1,7 +1,7 @@
 package proxy
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -12,20 +12,21 @@ import (
 
 // gatewayTransport is the round trip of every gateway's HostClient. It is
 // fasthttp's DefaultTransport (write the request, read the answer, give
-// the connection back) but for one decision, which it takes once the
-// answer's header is read rather than before the request is sent:
+// the connection back) but for one decision, which it takes while the
+// answer comes rather than before the request is sent: whether to hold
+// the body in memory or stream it to the client.
 //
-//   - an answer whose Content-Length is above max is streamed to the
-//     client from this connection (the connection goes back to the pool
-//     when the body was read to its end, and is closed if the client left
-//     before). So a large answer is fetched once, whatever the method.
-//   - any other answer is read whole, up to max; an answer without a
-//     Content-Length (chunked, or until the gateway closes) that goes
-//     beyond max fails with fasthttp.ErrBodyTooLarge, and the proxy asks
-//     again for a stream (rule 8), which resp.StreamBody requests here and
-//     fasthttp's own transport serves.
+//   - An answer whose Content-Length is above max is streamed from the
+//     start.
+//   - A chunked answer, or one that ends when the gateway closes the
+//     connection, is read into memory until it passes max; then what was
+//     read and the rest are streamed (chunked to the client).
+//   - Either way the answer is fetched once, whatever the method. A
+//     streamed answer's connection goes back to the pool when the body was
+//     read to its end, and is closed if the client left before.
 //
-// max is 0 when every answer is buffered (no limit).
+// max is 0 when every answer is buffered (no limit). The bodies are read
+// in body.go.
 type gatewayTransport struct{ max int }
 
 // maxInterim bounds the 1xx answers read before the final one (fasthttp's
@@ -35,9 +36,6 @@ const maxInterim = 100
 var errTooManyInterim = errors.New("more than 100 interim (1xx) answers")
 
 func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
-	if resp.StreamBody {
-		return fasthttp.DefaultTransport.RoundTrip(hc, req, resp)
-	}
 	cc, err := hc.AcquireConn(0, req.ConnectionClose())
 	if err != nil {
 		return false, err
@@ -78,7 +76,7 @@ func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reque
 	fail := func(err error) (bool, error) {
 		hc.ReleaseReader(br)
 		hc.CloseConn(cc)
-		return !errors.Is(err, fasthttp.ErrBodyTooLarge), err
+		return true, err // the HostClient may retry on another connection (RetryIfErr)
 	}
 	if req.Header.IsHead() {
 		resp.SkipBody = true
@@ -96,32 +94,51 @@ func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reque
 	}
 	closeConn := req.ConnectionClose() || resp.ConnectionClose()
 
-	// The body: none, streamed, or read whole.
+	// The body: none, read whole, or streamed.
 	code, size := resp.StatusCode(), resp.Header.ContentLength()
+	var stream *gatewayStream
 	switch {
 	case resp.SkipBody || code < 200 || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified:
 	case t.max > 0 && size > t.max:
-		resp.SetBodyStream(&gatewayStream{br: br, left: int64(size), done: func(reuse bool) {
+		stream = &gatewayStream{body: &fixedBody{br: br, left: int64(size)}}
+	case size == -1: // chunked
+		cb := chunkedBody{br: br}
+		outgrown, err := cb.readInto(resp, t.max)
+		if err != nil {
+			return fail(err)
+		}
+		if outgrown {
+			rest := cb
+			stream = &gatewayStream{prefix: bytes.Clone(resp.Body()), body: &rest}
+		}
+	case size == -2: // until the gateway closes
+		ub := untilCloseBody{br: br}
+		outgrown, err := ub.readInto(resp, t.max)
+		if err != nil {
+			return fail(err)
+		}
+		if outgrown {
+			rest := ub
+			stream = &gatewayStream{prefix: bytes.Clone(resp.Body()), body: &rest}
+		} else {
+			resp.Header.SetContentLength(len(resp.Body()))
+		}
+	default:
+		if err := resp.ReadBody(br, t.max); err != nil {
+			return fail(err)
+		}
+	}
+	if stream != nil {
+		stream.done = func(reuse bool) {
 			hc.ReleaseReader(br)
 			if reuse && !closeConn {
 				hc.ReleaseConn(cc)
 			} else {
 				hc.CloseConn(cc)
 			}
-		}}, size)
+		}
+		resp.SetBodyStream(stream, max(size, -1)) // -1: chunked to the client
 		return false, nil
-	default:
-		if err := resp.ReadBody(br, t.max); err != nil {
-			return fail(err)
-		}
-		if size == -1 { // chunked: the trailer ends the answer
-			if err := resp.Header.ReadTrailer(br); err != nil {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				return fail(err)
-			}
-		}
 	}
 	hc.ReleaseReader(br)
 	if closeConn {
@@ -132,40 +149,45 @@ func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reque
 	return false, nil
 }
 
-// gatewayStream is an answer's body of known size, read from its gateway
-// connection as the client takes it. Close gives the connection back to
-// the pool if the body was read to its end, and closes it otherwise (the
-// rest of the body would still be on it).
+// gatewayStream is an answer's body streamed from its gateway connection
+// as the client takes it: prefix (what was read before the answer was
+// found too large to hold), then the rest of body. Close gives the
+// connection back to the pool if the body was read to its end, and closes
+// it otherwise (the rest of the body would still be on it).
 type gatewayStream struct {
-	br   *bufio.Reader
-	left int64 // bytes of the body not read yet
-	err  error
-	once sync.Once
-	done func(reuse bool)
+	prefix []byte
+	body   bodyReader
+	err    error
+	once   sync.Once
+	done   func(reuse bool)
+}
+
+// bodyReader reads a body off a connection and tells whether it was read
+// to its end (then the connection holds nothing more of this answer).
+type bodyReader interface {
+	io.Reader
+	finished() bool
 }
 
 func (s *gatewayStream) Read(p []byte) (int, error) {
+	if len(s.prefix) > 0 {
+		n := copy(p, s.prefix)
+		s.prefix = s.prefix[n:]
+		return n, nil
+	}
 	if s.err != nil {
 		return 0, s.err
 	}
-	if s.left == 0 {
-		return 0, io.EOF
+	n, err := s.body.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
 	}
-	if int64(len(p)) > s.left {
-		p = p[:s.left]
-	}
-	n, err := s.br.Read(p)
-	s.left -= int64(n)
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF // the gateway closed before the end
-	}
-	s.err = err
 	return n, err
 }
 
 // Close implements io.Closer; fasthttp calls it once the answer was
 // written (or the client went away).
 func (s *gatewayStream) Close() error {
-	s.once.Do(func() { s.done(s.left == 0 && s.err == nil) })
+	s.once.Do(func() { s.done(s.err == nil && s.body.finished()) })
 	return nil
 }
