@@ -248,6 +248,8 @@ func rawGateway(t *testing.T) (string, *atomic.Int64, *atomic.Int64) {
 						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
 						_, _ = c.Write(bytes.Repeat([]byte("0123456789abcdef"), 1<<14)) // 256 KiB
 						return
+					case "/switch": // 101 to a request that asked for no upgrade, then another protocol
+						_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\nnot http")
 					case "/trailer":
 						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"+
 							"8\r\nchunk-1 \r\n7\r\nchunk-2\r\n0\r\n")
@@ -315,5 +317,37 @@ func TestUntilCloseAnswers(t *testing.T) {
 				t.Errorf("limit %d, %s /until-close: Content-Length %d (buffered answers have one, streamed ones are chunked)", limit, method, resp.ContentLength)
 			}
 		}
+	}
+}
+
+// A 101 answer to a request that asked for no upgrade: the gateway
+// connection speaks something else after it, so it is closed, not put
+// back in the pool (a POST on it would fail).
+func TestUnaskedSwitchClosesConnection(t *testing.T) {
+	gw, opened, _ := rawGateway(t)
+	lb := startLB(t, Options{}, gw)
+	c, err := net.Dial("tcp", lb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /switch HTTP/1.1\r\nHost: gw.example.com\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 101") {
+		t.Fatalf("GET /switch: %q %v", line, err)
+	}
+	req, _ := http.NewRequest("POST", lb.url+"/hints", strings.NewReader("x"))
+	req.Host = "gw.example.com"
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "final" || opened.Load() != 2 {
+		t.Errorf("POST /hints after the 101: %d %q on %d gateway connections (want 200, a new connection)", resp.StatusCode, b, opened.Load())
 	}
 }

@@ -92,7 +92,9 @@ func (t gatewayTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reque
 			return fail(err)
 		}
 	}
-	closeConn := req.ConnectionClose() || resp.ConnectionClose()
+	// 101 to a request that did not ask for an upgrade (upgrades are relayed
+	// apart, upgrade.go): the connection speaks something else now.
+	closeConn := req.ConnectionClose() || resp.ConnectionClose() || resp.StatusCode() == fasthttp.StatusSwitchingProtocols
 
 	// The body: none, read whole, or streamed.
 	code, size := resp.StatusCode(), resp.Header.ContentLength()
