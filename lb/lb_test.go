@@ -83,6 +83,14 @@ func gatewayHandler(name string) http.Handler {
 		case "/slow":
 			time.Sleep(1500 * time.Millisecond)
 			fmt.Fprint(w, name)
+		case "/large": // largeBody, chunked
+			largeFetches.Add(1)
+			for rest := largeBody; len(rest) > 0; rest = rest[min(len(rest), 64<<10):] {
+				if _, err := w.Write(rest[:min(len(rest), 64<<10)]); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
 		default:
 			w.Header().Set("X-Gateway", name)
 			fmt.Fprint(w, name)
