@@ -301,13 +301,7 @@ func (b *Builder) Build(snaps map[discovery.Query]*discovery.Snapshot) *Table {
 					continue
 				}
 				addr := net.JoinHostPort(in.Address, strconv.Itoa(port))
-				keyBuf = append(keyBuf[:0], strconv.Itoa(i)...)
-				keyBuf = append(keyBuf, '|')
-				keyBuf = append(keyBuf, in.Node...)
-				keyBuf = append(keyBuf, '|')
-				keyBuf = append(keyBuf, in.ID...)
-				keyBuf = append(keyBuf, '|')
-				keyBuf = append(keyBuf, addr...)
+				keyBuf = appendKey(keyBuf[:0], i, in.Node, in.ID, addr)
 				u, ok := b.ups[string(keyBuf)]
 				if !ok {
 					key := string(keyBuf)
@@ -373,10 +367,8 @@ func (b *Builder) Replace(next *Builder) {
 	for k, u := range b.ups {
 		delete(b.ups, k)
 		if j := moved[u.Route]; j >= 0 {
-			// The key starts with the route's index (see Build).
-			_, rest, _ := strings.Cut(k, "|")
 			u.Route = j
-			u.Key = strconv.Itoa(j) + "|" + rest
+			u.Key = string(appendKey(nil, j, u.Node, u.ServiceID, u.Addr))
 			next.ups[u.Key] = u
 			continue
 		}
@@ -385,6 +377,18 @@ func (b *Builder) Replace(next *Builder) {
 		}
 	}
 	next.version = max(next.version, b.version)
+}
+
+// appendKey appends an upstream's Key: its route's index, node, service
+// ID and address.
+func appendKey(dst []byte, route int, node, serviceID, addr string) []byte {
+	dst = strconv.AppendInt(dst, int64(route), 10)
+	dst = append(dst, '|')
+	dst = append(dst, node...)
+	dst = append(dst, '|')
+	dst = append(dst, serviceID...)
+	dst = append(dst, '|')
+	return append(dst, addr...)
 }
 
 // ResolvePort is the port of in for a route port given as a number (num >
