@@ -691,6 +691,30 @@ func cpuTicks(pid int) (total, sys int64, err error) {
 	return u + st, st, nil
 }
 
+// machineTicks is the whole machine's CPU time (all cores) and the idle part
+// of it (idle+iowait), in clock ticks, from the first line of /proc/stat; 0, 0
+// when unreadable.
+func machineTicks() (total, idle int64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, 0
+	}
+	// user nice system idle iowait irq softirq steal (guest time is in user).
+	for i := 1; i < len(f) && i <= 8; i++ {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		total += v
+		if i == 4 || i == 5 {
+			idle += v
+		}
+	}
+	return total, idle
+}
+
 // ioCalls is the number of read and write system calls of a process
 // (syscr+syscw of /proc/<pid>/io; 0 when unreadable).
 func ioCalls(pid int) int64 {
@@ -723,6 +747,26 @@ type sample struct {
 	BackendCPU         float64 // seconds, all three gateways
 	Rate               float64 // asked rate (half load), req/s
 	IOCalls            int64   // read+write system calls of the proxy
+	LoadCPU            float64 // seconds, wrk (user+sys)
+	MachineCPU         float64 // CPU-seconds of the whole machine over the run (all cores)
+	MachineIdle        float64 // of which idle (idle+iowait)
+}
+
+// perReq is seconds per request, in µs.
+func (s sample) perReq(secs float64) float64 {
+	if s.Requests == 0 {
+		return math.NaN()
+	}
+	return secs / float64(s.Requests) * 1e6
+}
+
+func (s sample) LoadUS() float64 { return s.perReq(s.LoadCPU) }
+func (s sample) IdleUS() float64 { return s.perReq(s.MachineIdle) }
+
+// OtherUS is the busy CPU that is neither the proxy's, the gateways' nor
+// wrk's (other processes, interrupts), per request.
+func (s sample) OtherUS() float64 {
+	return s.perReq(s.MachineCPU-s.MachineIdle-s.ProxyCPU-s.BackendCPU-s.LoadCPU)
 }
 
 func (s sample) IOPerReq() float64 { return float64(s.IOCalls) / float64(max(s.Requests, 1)) }
@@ -784,13 +828,19 @@ func (r *rig) wrk(ctx context.Context, o options, t *target, mode string, d time
 		}
 	}
 	io0 := ioCalls(pid)
+	mTotal0, mIdle0 := machineTicks()
 	cmd := exec.CommandContext(ctx, "wrk", args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return sample{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	s := sample{Target: t.name, Mode: mode, Load: "peak", Rate: rate, IOCalls: ioCalls(pid) - io0}
+	mTotal1, mIdle1 := machineTicks()
+	s := sample{Target: t.name, Mode: mode, Load: "peak", Rate: rate, IOCalls: ioCalls(pid) - io0,
+		MachineCPU:  float64(mTotal1-mTotal0) / clkTck,
+		MachineIdle: float64(mIdle1-mIdle0) / clkTck,
+		LoadCPU:     (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(),
+	}
 	if rate > 0 {
 		s.Load = "half"
 	}
@@ -977,9 +1027,9 @@ func report(o options, r *rig, res *results) error {
 		return err
 	}
 	var tsv strings.Builder
-	tsv.WriteString("target\tmode\tload\trate\trequests\tseconds\terrors\tp50_us\tp99_us\tproxy_cpu_s\tbackend_cpu_s\tproxy_sys_s\n")
+	tsv.WriteString("target\tmode\tload\trate\trequests\tseconds\terrors\tp50_us\tp99_us\tproxy_cpu_s\tbackend_cpu_s\tproxy_sys_s\tload_cpu_s\tmachine_cpu_s\tmachine_idle_s\n")
 	for _, s := range res.samples {
-		fmt.Fprintf(&tsv, "%s\t%s\t%s\t%.0f\t%d\t%.3f\t%d\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\n", s.Target, s.Mode, s.Load, s.Rate, s.Requests, s.Seconds, s.Errors, s.P50, s.P99, s.ProxyCPU, s.BackendCPU, s.ProxySys)
+		fmt.Fprintf(&tsv, "%s\t%s\t%s\t%.0f\t%d\t%.3f\t%d\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", s.Target, s.Mode, s.Load, s.Rate, s.Requests, s.Seconds, s.Errors, s.P50, s.P99, s.ProxyCPU, s.BackendCPU, s.ProxySys, s.LoadCPU, s.MachineCPU, s.MachineIdle)
 	}
 	if err := os.WriteFile(filepath.Join(o.resultsDir, o.label+".tsv"), []byte(tsv.String()), 0o644); err != nil {
 		return err
@@ -1055,6 +1105,24 @@ func render(o options, r *rig, res *results) string {
 		}
 		w("\n")
 	}
+	// Where the machine's CPU went at peak: requests/s is the machine's
+	// CPU divided by the sum of these.
+	w("#### Where the machine's CPU went per request at peak load (medians)\n\n")
+	w("At peak, requests/s = the machine's CPU-seconds per second / the sum of this row. ")
+	w("\"other\" is busy time of no measured process (interrupts, other processes); \"idle\" is CPU nobody used.\n\n")
+	w("| target | mode | proxy | gateways | wrk | other | idle | sum |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, m := range []string{"plain", "tls"} {
+		for _, t := range r.targets {
+			get := func(f func(sample) float64) float64 { return median(pick(res.samples, t.name, m, "peak", f)) }
+			proxy := 0.0
+			if !t.isDirect {
+				proxy = get(sample.ProxyUS)
+			}
+			sum := get(func(s sample) float64 { return s.perReq(s.MachineCPU) })
+			w("| %s | %s | %.1f µs | %.1f µs | %.1f µs | %.1f µs | %.1f µs | %.1f µs |\n", t.name, m, proxy, get(sample.BackendUS), get(sample.LoadUS), get(sample.OtherUS), get(sample.IdleUS), sum)
+		}
+	}
+	w("\n")
 	// Ratios.
 	g := func(target, mode, load string, f func(sample) float64) float64 {
 		return median(pick(res.samples, target, mode, load, f))
