@@ -766,30 +766,15 @@ func (s sample) IdleUS() float64 { return s.perReq(s.MachineIdle) }
 // OtherUS is the busy CPU that is neither the proxy's, the gateways' nor
 // wrk's (other processes, interrupts), per request.
 func (s sample) OtherUS() float64 {
-	return s.perReq(s.MachineCPU-s.MachineIdle-s.ProxyCPU-s.BackendCPU-s.LoadCPU)
+	return s.perReq(s.MachineCPU - s.MachineIdle - s.ProxyCPU - s.BackendCPU - s.LoadCPU)
 }
 
 func (s sample) IOPerReq() float64 { return float64(s.IOCalls) / float64(max(s.Requests, 1)) }
 
-func (s sample) RPS() float64 { return float64(s.Requests) / s.Seconds }
-func (s sample) ProxyUS() float64 {
-	if s.Requests == 0 {
-		return math.NaN()
-	}
-	return s.ProxyCPU / float64(s.Requests) * 1e6
-}
-func (s sample) ProxySysUS() float64 {
-	if s.Requests == 0 {
-		return math.NaN()
-	}
-	return s.ProxySys / float64(s.Requests) * 1e6
-}
-func (s sample) BackendUS() float64 {
-	if s.Requests == 0 {
-		return math.NaN()
-	}
-	return s.BackendCPU / float64(s.Requests) * 1e6
-}
+func (s sample) RPS() float64        { return float64(s.Requests) / s.Seconds }
+func (s sample) ProxyUS() float64    { return s.perReq(s.ProxyCPU) }
+func (s sample) ProxySysUS() float64 { return s.perReq(s.ProxySys) }
+func (s sample) BackendUS() float64  { return s.perReq(s.BackendCPU) }
 
 var wrkRE = regexp.MustCompile(`WRKRESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)`)
 
