@@ -1094,7 +1094,8 @@ func render(o options, r *rig, res *results) string {
 	// CPU divided by the sum of these.
 	w("#### Where the machine's CPU went per request at peak load (medians)\n\n")
 	w("At peak, requests/s = the machine's CPU-seconds per second / the sum of this row. ")
-	w("\"other\" is busy time of no measured process (interrupts, other processes); \"idle\" is CPU nobody used.\n\n")
+	w("\"other\" is busy time of no measured process (interrupts, other processes), idle is CPU nobody used; " +
+		"each cell is good to about ±1 µs (10 ms clock ticks, and wrk's CPU includes its own start-up, so \"other\" can come out below 0).\n\n")
 	w("| target | mode | proxy | gateways | wrk | other | idle | sum |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, m := range []string{"plain", "tls"} {
 		for _, t := range r.targets {
