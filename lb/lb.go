@@ -191,11 +191,17 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		}
 	}
 	if l.accessOut != nil {
-		l.accessLog = proxy.NewAccessLog(l.accessOut)
+		l.accessLog = proxy.NewAccessLog(l.accessOut, l.log)
 	}
 
 	l.reg = prometheus.NewRegistry()
 	l.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if al := l.accessLog; al != nil {
+		l.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gwnomad_lb_access_log_dropped_total",
+			Help: "Access log lines dropped because the log's file did not keep up (4 MiB of lines were waiting for it).",
+		}, func() float64 { return float64(al.Dropped()) }))
+	}
 	popt, err := proxy.OptionsFrom(cfg)
 	if err != nil {
 		return nil, err

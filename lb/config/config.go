@@ -201,7 +201,10 @@ type TLS struct {
 // Log is logging.
 type Log struct {
 	Level string `toml:"level"` // default "info": debug | info | warn | error
-	// AccessLog: "" (off), "-" (stdout) or a file path; one JSON object a line.
+	// AccessLog: "" (off), "-" (stdout) or a file path; one JSON object a
+	// line. Requests never wait for it: up to 4 MiB of lines wait in memory
+	// for a slow file, lines beyond are dropped and counted
+	// (gwnomad_lb_access_log_dropped_total).
 	AccessLog string `toml:"access_log"` // default ""
 }
 

@@ -1,12 +1,13 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"io"
+	"log/slog"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -17,46 +18,122 @@ import (
 //
 //	{"time":"2025-01-02T03:04:05.678Z","remote":"10.1.2.3","method":"GET","host":"gw.am.wso2.com","uri":"/pizzashack/1.0.0/menu","proto":"HTTP/1.1","status":200,"bytes":1024,"duration_ms":0.512,"route":"gw.am.wso2.com","upstream":"10.0.0.7:8280","tries":1}
 //
-// Lines are built without allocation into pooled buffers and written
-// through a buffer that Run flushes every second (and at its end), so the
-// log costs little on the request path.
+// Rules:
+//
+//   - A request never waits for the log's file. Its line is built without
+//     allocation and appended to a buffer in memory; Run hands that buffer
+//     to the file when it holds flushBytes or a second has passed, while
+//     requests fill a second buffer.
+//   - A file that does not keep up (a stalled disk, stdout into a pipe that
+//     nobody reads) holds up Run alone. At most maxBacklog bytes of lines
+//     wait for it; lines beyond are dropped and counted (Dropped, the metric
+//     gwnomad_lb_access_log_dropped_total), with a warning in the log at
+//     most every warnEvery. A slow log never slows or stops the requests.
 type AccessLog struct {
-	mu  sync.Mutex
-	w   *bufio.Writer
 	out io.Writer
-	// The timestamp up to the seconds ("2006-01-02T15:04:05.") changes once
-	// a second: it is formatted then and reused (under mu).
+	log *slog.Logger // nil: no warnings
+
+	// kick wakes Run when buf reaches flushBytes.
+	kick chan struct{}
+
+	mu  sync.Mutex // guards buf and the stamp
+	buf []byte     // lines not yet handed to out
+	// The timestamp up to the seconds ("2006-01-02T15:04:05") changes once
+	// a second: it is formatted then and reused.
 	stampSec int64
 	stamp    [32]byte
 	stampLen int
+
+	dropped atomic.Uint64
+
+	wmu        sync.Mutex // one Flush at a time; guards what follows
+	spare      []byte     // buf's partner, empty while not in use
+	warned     time.Time
+	reported   uint64 // Dropped when the last warning was given
+	failed     int    // writes failed since the last warning
+	maxBacklog int
 }
 
-// NewAccessLog writes to w.
-func NewAccessLog(w io.Writer) *AccessLog {
-	return &AccessLog{w: bufio.NewWriterSize(w, 64<<10), out: w}
+const (
+	flushBytes = 64 << 10 // Run writes when this much is buffered
+	maxBacklog = 4 << 20  // lines waiting for the file, at most
+	warnEvery  = 10 * time.Second
+	// finalFlushWait bounds the last write at the end of Run: a file that
+	// never takes it must not keep the process from exiting.
+	finalFlushWait = 5 * time.Second
+)
+
+// NewAccessLog writes to w; warnings about w (lines dropped, failed writes)
+// go to logger (nil: none).
+func NewAccessLog(w io.Writer, logger *slog.Logger) *AccessLog {
+	return &AccessLog{out: w, log: logger, kick: make(chan struct{}, 1),
+		buf: make([]byte, 0, 2*flushBytes), spare: make([]byte, 0, 2*flushBytes), maxBacklog: maxBacklog}
 }
 
-// Run flushes every second until ctx ends, then once more.
+// Run writes the buffered lines every second and whenever flushBytes are
+// buffered, until ctx ends; then once more, waiting for that write at most
+// finalFlushWait (a write that never returns is left to the process's
+// exit).
 func (l *AccessLog) Run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			l.Flush()
+			done := make(chan struct{})
+			go func() { l.Flush(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(finalFlushWait):
+				if l.log != nil {
+					l.log.Warn("access log: the last lines were not written in time; they are lost", "wait", finalFlushWait)
+				}
+			}
 			return
 		case <-t.C:
-			l.Flush()
+		case <-l.kick:
 		}
+		l.Flush()
 	}
 }
 
-// Flush writes what is buffered.
+// Flush writes the lines buffered so far and returns when out has taken
+// them (or refused them: they are then lost, and a warning says so).
+// Requests go on filling the other buffer meanwhile.
 func (l *AccessLog) Flush() {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
 	l.mu.Lock()
-	_ = l.w.Flush()
+	b := l.buf
+	l.buf = l.spare[:0]
 	l.mu.Unlock()
+	if len(b) > 0 {
+		if _, err := l.out.Write(b); err != nil {
+			l.failed++
+			l.warn("access log: writing failed; lines lost", "err", err)
+		}
+	}
+	l.spare = b[:0]
+	if l.dropped.Load() != l.reported {
+		l.warn("access log: lines dropped: the log's file does not keep up", "backlog_bytes", l.maxBacklog)
+	}
 }
+
+// warn logs msg with the counts since the last warning, at most every
+// warnEvery; l.wmu is held.
+func (l *AccessLog) warn(msg string, args ...any) {
+	now := time.Now()
+	if l.log == nil || now.Sub(l.warned) < warnEvery {
+		return
+	}
+	d := l.dropped.Load()
+	l.log.Warn(msg, append(args, "dropped_lines", d-l.reported, "failed_writes", l.failed)...)
+	l.warned, l.reported, l.failed = now, d, 0
+}
+
+// Dropped is the number of lines dropped since the start because the
+// backlog was full.
+func (l *AccessLog) Dropped() uint64 { return l.dropped.Load() }
 
 // Entry is one request. Byte slices are only read during Write.
 type Entry struct {
@@ -122,23 +199,34 @@ func (l *AccessLog) Write(e *Entry) {
 	}
 	b = append(b, "}\n"...)
 	l.mu.Lock()
-	l.appendStamp(b[:stampAt], e.Start)
-	_, _ = l.w.Write(b[stampAt:])
-	l.mu.Unlock()
+	if len(l.buf)+len(b)+len(l.stamp) > l.maxBacklog {
+		l.mu.Unlock()
+		l.dropped.Add(1)
+	} else {
+		l.buf = append(l.buf, b[:stampAt]...)
+		l.buf = l.appendStamp(l.buf, e.Start)
+		l.buf = append(l.buf, b[stampAt:]...)
+		full := len(l.buf) >= flushBytes
+		l.mu.Unlock()
+		if full {
+			select {
+			case l.kick <- struct{}{}:
+			default: // Run is already asked
+			}
+		}
+	}
 	*bp = b
 	linePool.Put(bp)
 }
 
-// appendStamp writes "2006-01-02T15:04:05" of t (UTC) to w before line
-// (line ends where the seconds go); l.mu is held. The cached seconds are
-// reformatted only when t's second differs.
-func (l *AccessLog) appendStamp(head []byte, t time.Time) {
+// appendStamp appends "2006-01-02T15:04:05" of t (UTC) to buf; l.mu is
+// held. The cached seconds are reformatted only when t's second differs.
+func (l *AccessLog) appendStamp(buf []byte, t time.Time) []byte {
 	if sec := t.Unix(); sec != l.stampSec || l.stampLen == 0 {
 		l.stampLen = len(t.UTC().AppendFormat(l.stamp[:0], "2006-01-02T15:04:05"))
 		l.stampSec = sec
 	}
-	_, _ = l.w.Write(head)
-	_, _ = l.w.Write(l.stamp[:l.stampLen])
+	return append(buf, l.stamp[:l.stampLen]...)
 }
 
 // appendMillis appends us microseconds as milliseconds with three decimals

@@ -12,7 +12,7 @@ import (
 // time.AppendFormat and strconv.AppendFloat printed before.
 func TestAccessLogStampAndMillis(t *testing.T) {
 	var buf bytes.Buffer
-	l := NewAccessLog(&buf)
+	l := NewAccessLog(&buf, nil)
 	base := time.Date(2025, 1, 2, 3, 4, 5, 678_900_000, time.UTC)
 	for _, st := range []time.Time{base, base.Add(7 * time.Millisecond), base.Add(time.Second), base.Add(90 * time.Minute).In(time.FixedZone("x", 3600))} {
 		buf.Reset()

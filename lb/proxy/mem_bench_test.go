@@ -40,7 +40,7 @@ func BenchmarkMemory1000Instances10kIdleConns(b *testing.B) {
 
 	m0 := memNow()
 	h := &balancer.Holder{}
-	p := New(h, Options{AccessLog: NewAccessLog(io.Discard)})
+	p := New(h, Options{AccessLog: NewAccessLog(io.Discard, nil)})
 	bl := balancer.NewBuilder([]config.Route{{Hosts: []string{"*"}, Policy: "round_robin"}}, testHealth)
 	bl.OnRoute, bl.OnNew, bl.OnGone = p.OnRoute, p.OnNew, p.OnGone
 	s := &discovery.Snapshot{Query: discovery.Query{Service: "apim-gateway"}, Updated: time.Now()}

@@ -390,7 +390,7 @@ func TestTLSServesHTTP2AndHTTP1(t *testing.T) {
 func TestAccessLogLine(t *testing.T) {
 	a := backend(t, "a", 200)
 	var buf strings.Builder
-	al := NewAccessLog(&buf)
+	al := NewAccessLog(&buf, nil)
 	lb := startLB(t, Options{AccessLog: al}, addr(a))
 	do(t, "GET", lb.url+`/q?x="y"`, "gw.example.com", "", nil)
 	al.Flush()

@@ -1,0 +1,130 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// stalledWriter takes nothing until released, as a stalled disk or a pipe
+// that nobody reads.
+type stalledWriter struct {
+	release chan struct{}
+	mu      sync.Mutex
+	buf     bytes.Buffer
+}
+
+func (w *stalledWriter) Write(b []byte) (int, error) {
+	<-w.release
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(b)
+}
+
+// A log whose file takes nothing never holds up a request: lines beyond
+// the backlog are dropped and counted, a warning says so, and once the
+// file takes writes again the lines kept arrive whole.
+func TestAccessLogNeverBlocksRequests(t *testing.T) {
+	w := &stalledWriter{release: make(chan struct{})}
+	var logged safeBuffer
+	l := NewAccessLog(w, slog.New(slog.NewTextHandler(&logged, nil)))
+	l.maxBacklog = 2 * flushBytes
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { l.Run(ctx); close(ran) }()
+
+	const n = 4000 // about 650 KiB of lines, 5 × the backlog
+	wrote := make(chan struct{})
+	go func() {
+		for i := range n {
+			l.Write(&Entry{Start: time.Now(), Method: []byte("GET"), URI: []byte("/menu?i=" + strings.Repeat("x", i%50)), Status: 200})
+		}
+		close(wrote)
+	}()
+	select {
+	case <-wrote:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Write blocked while the log's file took nothing")
+	}
+	d := l.Dropped()
+	if d == 0 || d >= n {
+		t.Fatalf("dropped %d of %d lines, want some but not all", d, n)
+	}
+
+	close(w.release)
+	l.Flush() // waits for Run's write in progress, then writes the rest
+	cancel()
+	<-ran
+	w.mu.Lock()
+	out := w.buf.String()
+	w.mu.Unlock()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if uint64(len(lines)) != n-d {
+		t.Errorf("%d lines written, want %d (%d written, %d dropped)", len(lines), n-d, n, d)
+	}
+	if len(out) > 2*l.maxBacklog {
+		t.Errorf("%d bytes were held for the file, backlog is %d", len(out), l.maxBacklog)
+	}
+	for _, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil || m["status"] != 200.0 {
+			t.Fatalf("line %q: %v", line, err)
+		}
+	}
+	if s := logged.String(); !strings.Contains(s, "lines dropped") || !strings.Contains(s, "dropped_lines=") {
+		t.Errorf("no warning about the dropped lines in the log:\n%s", s)
+	}
+}
+
+// Run writes what was buffered when its context ends, and a full buffer
+// without waiting for its ticker.
+func TestAccessLogRunWrites(t *testing.T) {
+	w := &stalledWriter{release: make(chan struct{})}
+	close(w.release)
+	l := NewAccessLog(w, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { l.Run(ctx); close(ran) }()
+	written := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.buf.Len()
+	}
+	for written() == 0 { // a full buffer (flushBytes) is written at once
+		l.Write(&Entry{Start: time.Now(), URI: []byte(strings.Repeat("u", 200)), Status: 200})
+		if l.Dropped() > 0 {
+			t.Fatal("lines dropped: Run does not write a full buffer")
+		}
+	}
+	l.Write(&Entry{Start: time.Now(), URI: []byte("/last"), Status: 204})
+	cancel()
+	<-ran
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := strings.TrimSuffix(w.buf.String(), "\n")
+	if last := out[strings.LastIndexByte(out, '\n')+1:]; !strings.Contains(last, `"uri":"/last"`) {
+		t.Errorf("the last line was not written at Run's end: %s", last)
+	}
+}
+
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
