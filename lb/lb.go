@@ -106,18 +106,46 @@ func WithLogLevel(v *slog.LevelVar) Option { return func(l *LB) { l.level = v } 
 // WithAccessLog writes the access log to w, whatever log.access_log says.
 func WithAccessLog(w io.Writer) Option { return func(l *LB) { l.accessOut = w } }
 
+func openAccessLog(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening access log: %w", err)
+	}
+	return f, nil
+}
+
+// ReopenAccessLog opens log.access_log's file again and writes to the new
+// file from now on, for log rotation (logrotate renames the file, then
+// sends SIGHUP); the lines buffered until then go to the old file, which
+// is then closed. Nothing to do when the access log is off, on stdout or
+// given by WithAccessLog. On an error the old file stays in use.
+func (l *LB) ReopenAccessLog() error {
+	if l.accessPath == "" {
+		return nil
+	}
+	f, err := openAccessLog(l.accessPath)
+	if err != nil {
+		return err
+	}
+	if old, ok := l.accessLog.SetOutput(f).(io.Closer); ok {
+		_ = old.Close()
+	}
+	return nil
+}
+
 // Addrs are the bound listener addresses ("" when not listening).
 type Addrs struct{ HTTP, HTTPS, Admin string }
 
 // LB is one running load balancer.
 type LB struct {
-	cfg       *config.Config
-	log       *slog.Logger
-	consul    *consulapi.Client
-	tlsConfig *tls.Config
-	certs     *certs.Manager // tls.mode files or acme: certificates, and :80 (challenges, redirect)
-	accessOut io.Writer
-	accessLog *proxy.AccessLog
+	cfg        *config.Config
+	log        *slog.Logger
+	consul     *consulapi.Client
+	tlsConfig  *tls.Config
+	certs      *certs.Manager // tls.mode files or acme: certificates, and :80 (challenges, redirect)
+	accessOut  io.Writer
+	accessPath string // the file of accessOut, when New opened it
+	accessLog  *proxy.AccessLog
 
 	reg      *prometheus.Registry
 	table    balancer.Holder
@@ -183,11 +211,11 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		case "-":
 			l.accessOut = os.Stdout
 		default:
-			f, err := os.OpenFile(cfg.Log.AccessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			f, err := openAccessLog(cfg.Log.AccessLog)
 			if err != nil {
-				return nil, fmt.Errorf("opening access log: %w", err)
+				return nil, err
 			}
-			l.accessOut = f
+			l.accessOut, l.accessPath = f, cfg.Log.AccessLog
 		}
 	}
 	if l.accessOut != nil {

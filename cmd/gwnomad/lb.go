@@ -28,7 +28,8 @@ Runs the load balancer: it discovers the passing gateway instances in Consul
 and retries, and drains gracefully on SIGTERM. On SIGHUP it reads the file
 again and applies [[routes]], [health] and log.level without closing a
 connection; a change to anything else, or an invalid file, is logged and
-the running configuration stays (restart for those). Flags override the file;
+the running configuration stays (restart for those); it also opens the
+access log's file again (log rotation: rename it, then SIGHUP). Flags override the file;
 Consul is reached through the usual environment (CONSUL_HTTP_ADDR,
 CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul] says otherwise.
 
@@ -181,7 +182,10 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				log.Info("SIGHUP: reloading the configuration", "file", *cfgPath)
+				log.Info("SIGHUP: reopening the access log and reloading the configuration", "file", *cfgPath)
+				if err := l.ReopenAccessLog(); err != nil {
+					log.Error("the access log stays on its old file", "err", err)
+				}
 				cfg, err := load()
 				if err == nil {
 					err = l.Reload(ctx, cfg)

@@ -25,13 +25,16 @@ import (
 // `gwnomad lb` reads its file again on SIGHUP: a route moved to another
 // Consul service takes effect; a change that needs a restart and an invalid
 // file are logged (with the file's line) and the running configuration
-// stays.
+// stays. SIGHUP also reopens the access log: after a rotation (rename,
+// SIGHUP) the lines go to a new file at the configured path.
 func TestLBReloadsOnSIGHUP(t *testing.T) {
 	st := testenv.Consul(t)
 	c := st.ConsulAPI()
+	upstream := map[string]string{} // service -> its address, as the access log names it
 	for _, name := range []string{"svc-a", "svc-b"} {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
 		t.Cleanup(s.Close)
+		upstream[name] = `"upstream":"` + s.Listener.Addr().String() + `"`
 		_, ps, _ := net.SplitHostPort(s.Listener.Addr().String())
 		port, _ := strconv.Atoi(ps)
 		if err := c.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
@@ -42,6 +45,7 @@ func TestLBReloadsOnSIGHUP(t *testing.T) {
 		}
 	}
 	path := filepath.Join(t.TempDir(), "lb.toml")
+	accessLog := filepath.Join(t.TempDir(), "access.log")
 	write := func(admin, service, policy string) {
 		t.Helper()
 		text := fmt.Sprintf(`[listen]
@@ -55,7 +59,9 @@ hosts = ["x.test"]
 service = %q
 port = "service"
 policy = %q
-`, admin, st.Consul.HTTPAddr, service, policy)
+[log]
+access_log = %q
+`, admin, st.Consul.HTTPAddr, service, policy, accessLog)
 		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -122,8 +128,23 @@ policy = %q
 	testenv.WaitFor(t, 30*time.Second, "svc-a to answer", answeredBy("svc-a"))
 
 	write("127.0.0.1:0", "svc-b", "round_robin")
+	if err := os.Rename(accessLog, accessLog+".1"); err != nil { // logrotate
+		t.Fatal(err)
+	}
 	hup()
 	testenv.WaitFor(t, 30*time.Second, "svc-b to answer after SIGHUP", answeredBy("svc-b"))
+	// svc-a's answers were logged to the rotated file, svc-b's go to a new
+	// one at the configured path (written within a second).
+	testenv.WaitFor(t, 30*time.Second, "svc-b's answers in the reopened access log", func() error {
+		b, err := os.ReadFile(accessLog)
+		if err != nil || !strings.Contains(string(b), upstream["svc-b"]) {
+			return fmt.Errorf("%s: %q, %v", accessLog, b, err)
+		}
+		return nil
+	})
+	if b, err := os.ReadFile(accessLog + ".1"); err != nil || !strings.Contains(string(b), upstream["svc-a"]) || strings.Contains(string(b), upstream["svc-b"]) {
+		t.Errorf("rotated access log: %q, %v", b, err)
+	}
 
 	refusals := []struct{ admin, policy, want string }{
 		{"127.0.0.1:1", "p2c", "[listen] changed, which needs a restart"},

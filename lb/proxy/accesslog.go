@@ -103,6 +103,11 @@ func (l *AccessLog) Run(ctx context.Context) {
 func (l *AccessLog) Flush() {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
+	l.flushLocked()
+}
+
+// flushLocked is Flush with l.wmu held.
+func (l *AccessLog) flushLocked() {
 	l.mu.Lock()
 	b := l.buf
 	l.buf = l.spare[:0]
@@ -117,6 +122,18 @@ func (l *AccessLog) Flush() {
 	if l.dropped.Load() != l.reported {
 		l.warn("access log: lines dropped: the log's file does not keep up", "backlog_bytes", l.maxBacklog)
 	}
+}
+
+// SetOutput writes the lines buffered so far to the current writer, then
+// makes w the writer, and returns the one it replaced (for log rotation:
+// the caller closes it).
+func (l *AccessLog) SetOutput(w io.Writer) io.Writer {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.flushLocked()
+	old := l.out
+	l.out = w
+	return old
 }
 
 // warn logs msg with the counts since the last warning, at most every
