@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gwnomad/gwnomad/internal/testenv"
 )
 
 // stalledWriter takes nothing until released, as a stalled disk or a pipe
@@ -31,7 +33,7 @@ func (w *stalledWriter) Write(b []byte) (int, error) {
 // file takes writes again the lines kept arrive whole.
 func TestAccessLogNeverBlocksRequests(t *testing.T) {
 	w := &stalledWriter{release: make(chan struct{})}
-	var logged safeBuffer
+	var logged testenv.SyncBuffer
 	l := NewAccessLog(w, slog.New(slog.NewTextHandler(&logged, nil)))
 	l.maxBacklog = 2 * flushBytes
 	ctx, cancel := context.WithCancel(context.Background())
@@ -110,21 +112,4 @@ func TestAccessLogRunWrites(t *testing.T) {
 	if last := out[strings.LastIndexByte(out, '\n')+1:]; !strings.Contains(last, `"uri":"/last"`) {
 		t.Errorf("the last line was not written at Run's end: %s", last)
 	}
-}
-
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
