@@ -28,10 +28,11 @@ Runs the load balancer: it discovers the passing gateway instances in Consul
 and retries, and drains gracefully on SIGTERM. On SIGHUP it reads the file
 again and applies [[routes]], [health] and log.level without closing a
 connection; a change to anything else, or an invalid file, is logged and
-the running configuration stays (restart for those); it also opens the
-access log's file again (log rotation: rename it, then SIGHUP). Flags override the file;
-Consul is reached through the usual environment (CONSUL_HTTP_ADDR,
-CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul] says otherwise.
+the running configuration stays (restart for those). SIGHUP also opens the
+access log's file again (log rotation: rename it, then SIGHUP). Flags
+override the file; Consul is reached through the usual environment
+(CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul]
+says otherwise.
 
 A minimal lb.toml:
 
