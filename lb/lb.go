@@ -219,7 +219,7 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		}
 	}
 	if l.accessOut != nil {
-		l.accessLog = proxy.NewAccessLog(l.accessOut, l.log)
+		l.accessLog = proxy.NewAccessLog(l.accessOut, l.log, cfg.Log.RedactQuery...)
 	}
 
 	l.reg = prometheus.NewRegistry()

@@ -138,6 +138,7 @@ func restartKeys(run, cfg *config.Config) []string {
 	diff("[tls]", run.TLS, cfg.TLS)
 	diff("health.fail_on_5xx", run.Health.FailOn5xx, cfg.Health.FailOn5xx)
 	diff("log.access_log", run.Log.AccessLog, cfg.Log.AccessLog)
+	diff("log.redact_query", run.Log.RedactQuery, cfg.Log.RedactQuery)
 	if run.TLS.Mode == "acme" {
 		diff("the certificates' names (tls.domains or route hosts)", run.CertDomains(), cfg.CertDomains())
 		diff("the on-demand certificate names (route hosts)", run.CertHosts(), cfg.CertHosts())

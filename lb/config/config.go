@@ -206,6 +206,12 @@ type Log struct {
 	// for a slow file, lines beyond are dropped and counted
 	// (gwnomad_lb_access_log_dropped_total).
 	AccessLog string `toml:"access_log"` // default ""
+	// RedactQuery names the query parameters whose values the access log
+	// writes as REDACTED: API keys and tokens that clients send in the URL
+	// (WSO2 takes an API key as ?apikey=). Names are compared ignoring case,
+	// as the client sent them. A list given replaces the default; [] logs
+	// every value.
+	RedactQuery []string `toml:"redact_query"` // default ["apikey", "api_key", "access_token", "id_token", "refresh_token", "token", "client_secret", "password"]
 }
 
 // Route sends the requests for some hosts to one Consul service.
@@ -271,7 +277,7 @@ func Default() *Config {
 			Storage: "consul", StoragePrefix: "gwnomad/lb/certmagic",
 			StoragePath: "/var/lib/gwnomad/lb/certmagic", StorageLockTTL: Duration(15 * time.Second),
 		},
-		Log: Log{Level: "info"},
+		Log: Log{Level: "info", RedactQuery: []string{"apikey", "api_key", "access_token", "id_token", "refresh_token", "token", "client_secret", "password"}},
 	}
 }
 
@@ -460,6 +466,11 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	for _, name := range c.Log.RedactQuery {
+		if name == "" || strings.ContainsAny(name, "&=?# ") {
+			bad("log.redact_query", "%q: want a query parameter name", name)
+		}
 	}
 	if len(c.Routes) == 0 {
 		bad("routes", "at least one [[routes]] is needed (or --route host=service)")

@@ -70,6 +70,8 @@ hosts = ["A"]
 policy = "random"
 port = "99999"
 scheme = "ftp"
+[log]
+redact_query = ["apikey", "a=b"]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +90,7 @@ scheme = "ftp"
 		`lb.toml:10:1: routes[1].policy: "random": want one of round_robin, least_conn, p2c`,
 		`lb.toml:11:1: routes[1].port: 99999: out of range (1..65535)`,
 		`lb.toml:12:1: routes[1].scheme: "ftp": want http or https`,
+		`lb.toml:14:1: log.redact_query: "a=b": want a query parameter name`,
 	}
 	err = cfg.Validate()
 	if err == nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -30,8 +31,9 @@ import (
 //     gwnomad_lb_access_log_dropped_total), with a warning in the log at
 //     most every warnEvery. A slow log never slows or stops the requests.
 type AccessLog struct {
-	out io.Writer
-	log *slog.Logger // nil: no warnings
+	out    io.Writer
+	log    *slog.Logger // nil: no warnings
+	redact [][]byte     // query parameters whose values are not logged
 
 	// kick wakes Run when buf reaches flushBytes.
 	kick chan struct{}
@@ -64,9 +66,14 @@ const (
 )
 
 // NewAccessLog writes to w; warnings about w (lines dropped, failed writes)
-// go to logger (nil: none).
-func NewAccessLog(w io.Writer, logger *slog.Logger) *AccessLog {
-	return &AccessLog{out: w, log: logger, kick: make(chan struct{}, 1),
+// go to logger (nil: none). The values of the query parameters named in
+// redact (compared ignoring case) are written as REDACTED.
+func NewAccessLog(w io.Writer, logger *slog.Logger, redact ...string) *AccessLog {
+	names := make([][]byte, len(redact))
+	for i, n := range redact {
+		names[i] = []byte(n)
+	}
+	return &AccessLog{out: w, log: logger, redact: names, kick: make(chan struct{}, 1),
 		buf: make([]byte, 0, 2*flushBytes), spare: make([]byte, 0, 2*flushBytes), maxBacklog: maxBacklog}
 }
 
@@ -185,7 +192,7 @@ func (l *AccessLog) Write(e *Entry) {
 	b = append(b, `,"host":`...)
 	b = appendJSON(b, e.Host)
 	b = append(b, `,"uri":`...)
-	b = appendJSON(b, e.URI)
+	b = appendURI(b, e.URI, l.redact)
 	b = append(b, `,"proto":`...)
 	b = appendJSON(b, e.Proto)
 	b = append(b, `,"status":`...)
@@ -264,9 +271,44 @@ func appendJSONString(b []byte, s string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// appendURI appends uri as a JSON string, with the value of every query
+// parameter named in redact written as REDACTED.
+func appendURI(b, uri []byte, redact [][]byte) []byte {
+	q := bytes.IndexByte(uri, '?')
+	if q < 0 || len(redact) == 0 {
+		return appendJSON(b, uri)
+	}
+	b = appendJSONChars(append(b, '"'), uri[:q+1])
+	for rest := uri[q+1:]; ; {
+		param, next, more := bytes.Cut(rest, []byte{'&'})
+		if name, _, ok := bytes.Cut(param, []byte{'='}); ok && named(name, redact) {
+			b = append(appendJSONChars(b, name), "=REDACTED"...)
+		} else {
+			b = appendJSONChars(b, param)
+		}
+		if !more {
+			return append(b, '"')
+		}
+		b, rest = append(b, '&'), next
+	}
+}
+
+func named(name []byte, names [][]byte) bool {
+	for _, n := range names {
+		if bytes.EqualFold(name, n) {
+			return true
+		}
+	}
+	return false
+}
+
 // appendJSON appends s as a JSON string (invalid UTF-8 becomes U+FFFD).
 func appendJSON(b, s []byte) []byte {
-	b = append(b, '"')
+	return append(appendJSONChars(append(b, '"'), s), '"')
+}
+
+// appendJSONChars appends s escaped for a JSON string, without quotes.
+func appendJSONChars(b, s []byte) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
@@ -289,5 +331,5 @@ func appendJSON(b, s []byte) []byte {
 		}
 		i += size
 	}
-	return append(b, '"')
+	return b
 }

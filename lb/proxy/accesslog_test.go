@@ -113,3 +113,36 @@ func TestAccessLogRunWrites(t *testing.T) {
 		t.Errorf("the last line was not written at Run's end: %s", last)
 	}
 }
+
+// The values of the named query parameters never reach the log; the rest
+// of the URI is kept as sent.
+func TestAccessLogRedactsQuery(t *testing.T) {
+	names := [][]byte{[]byte("apikey"), []byte("access_token")}
+	for _, c := range []struct{ uri, want string }{
+		{"/menu", "/menu"},
+		{"/menu?", "/menu?"},
+		{"/menu?apikey=s3cret", "/menu?apikey=REDACTED"},
+		{"/menu?x=1&APIKey=s3cret&y=2", "/menu?x=1&APIKey=REDACTED&y=2"},
+		{"/menu?access_token=s3cret&apikey=s3cret", "/menu?access_token=REDACTED&apikey=REDACTED"},
+		{"/menu?apikey=&apikey", "/menu?apikey=REDACTED&apikey"},
+		{"/menu?myapikey=1&apikeys=2&a=apikey", "/menu?myapikey=1&apikeys=2&a=apikey"},
+		{"/menu?x=\"s\"&&apikey=a=b", `/menu?x=\"s\"&&apikey=REDACTED`},
+		{"/a?apikey=x?y&z=1", "/a?apikey=REDACTED&z=1"},
+	} {
+		got := string(appendURI(nil, []byte(c.uri), names))
+		if want := `"` + c.want + `"`; got != want {
+			t.Errorf("appendURI(%q) = %s, want %s", c.uri, got, want)
+		}
+	}
+	if got := string(appendURI(nil, []byte("/menu?apikey=s3cret"), nil)); got != `"/menu?apikey=s3cret"` {
+		t.Errorf("no names: %s", got)
+	}
+
+	var buf strings.Builder
+	l := NewAccessLog(&buf, nil, "apikey")
+	l.Write(&Entry{Start: time.Now(), URI: []byte("/pizzashack/1.0.0/menu?apikey=eyJhbGciOi.s3cret"), Status: 200})
+	l.Flush()
+	if strings.Contains(buf.String(), "s3cret") || !strings.Contains(buf.String(), `"uri":"/pizzashack/1.0.0/menu?apikey=REDACTED"`) {
+		t.Errorf("access log line: %s", buf.String())
+	}
+}

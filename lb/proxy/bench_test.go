@@ -72,10 +72,10 @@ func BenchmarkProxyHotPathAccessLog(b *testing.B) {
 	benchProxy(b, Options{AccessLog: runningAccessLog(b)})
 }
 
-// runningAccessLog is an access log to io.Discard with its Run going, as
-// in the balancer, until the end of tb.
+// runningAccessLog is an access log to io.Discard with the default
+// redact_query and its Run going, as in the balancer, until the end of tb.
 func runningAccessLog(tb testing.TB) *AccessLog {
-	l := NewAccessLog(io.Discard, nil)
+	l := NewAccessLog(io.Discard, nil, config.Default().Log.RedactQuery...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { l.Run(ctx); close(done) }()
