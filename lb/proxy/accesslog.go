@@ -22,14 +22,15 @@ import (
 // Rules:
 //
 //   - A request never waits for the log's file. Its line is built without
-//     allocation and appended to a buffer in memory; Run hands that buffer
-//     to the file when it holds flushBytes or a second has passed, while
-//     requests fill a second buffer.
+//     allocation and appended to a buffer in memory; Run's writer hands
+//     that buffer to the file when it holds flushBytes or a second has
+//     passed, while requests fill a second buffer.
 //   - A file that does not keep up (a stalled disk, stdout into a pipe that
-//     nobody reads) holds up Run alone. At most maxBacklog bytes of lines
-//     wait for it; lines beyond are dropped and counted (Dropped, the metric
-//     gwnomad_lb_access_log_dropped_total), with a warning in the log at
-//     most every warnEvery. A slow log never slows or stops the requests.
+//     nobody reads) holds up the writer alone. At most maxBacklog bytes of
+//     lines wait for it; lines beyond are dropped and counted (Dropped, the
+//     metric gwnomad_lb_access_log_dropped_total). Run warns in the log
+//     while lines are being dropped, at most every warnEvery, also while
+//     the writer is stuck. A slow log never slows or stops the requests.
 type AccessLog struct {
 	out    io.Writer
 	log    *slog.Logger // nil: no warnings
@@ -47,17 +48,20 @@ type AccessLog struct {
 	stampLen int
 
 	dropped atomic.Uint64
+	failed  atomic.Uint64 // writes to out that failed
 
-	wmu        sync.Mutex // one Flush at a time; guards what follows
-	spare      []byte     // buf's partner, empty while not in use
-	warned     time.Time
-	reported   uint64 // Dropped when the last warning was given
-	failed     int    // writes failed since the last warning
+	wmu   sync.Mutex // one Flush at a time; guards spare and out
+	spare []byte     // buf's partner, empty while not in use
+
+	warnMu   sync.Mutex // guards what follows
+	warned   time.Time
+	reported [2]uint64 // dropped and failed at the last warning
+
 	maxBacklog int
 }
 
 const (
-	flushBytes = 64 << 10 // Run writes when this much is buffered
+	flushBytes = 64 << 10 // the writer writes when this much is buffered
 	maxBacklog = 4 << 20  // lines waiting for the file, at most
 	warnEvery  = 10 * time.Second
 	// finalFlushWait bounds the last write at the end of Run: a file that
@@ -78,35 +82,54 @@ func NewAccessLog(w io.Writer, logger *slog.Logger, redact ...string) *AccessLog
 }
 
 // Run writes the buffered lines every second and whenever flushBytes are
-// buffered, until ctx ends; then once more, waiting for that write at most
+// buffered, and warns about dropped lines and failed writes, until ctx
+// ends; then it writes once more, waiting for that write at most
 // finalFlushWait (a write that never returns is left to the process's
-// exit).
+// exit). The writes are made by a goroutine of Run's, so that a stuck
+// write does not stop the warnings.
 func (l *AccessLog) Run(ctx context.Context) {
+	flush := make(chan struct{}, 1)
+	written := make(chan struct{})
+	go func() { // the writer
+		defer close(written)
+		for range flush {
+			l.Flush()
+		}
+		l.Flush() // what came after the last signal
+	}()
+	ask := func() {
+		select {
+		case flush <- struct{}{}:
+		default: // the writer is already asked
+		}
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			done := make(chan struct{})
-			go func() { l.Flush(); close(done) }()
+			close(flush)
 			select {
-			case <-done:
+			case <-written:
 			case <-time.After(finalFlushWait):
 				if l.log != nil {
 					l.log.Warn("access log: the last lines were not written in time; they are lost", "wait", finalFlushWait)
 				}
 			}
+			l.warn()
 			return
 		case <-t.C:
+			l.warn()
+			ask()
 		case <-l.kick:
+			ask()
 		}
-		l.Flush()
 	}
 }
 
 // Flush writes the lines buffered so far and returns when out has taken
-// them (or refused them: they are then lost, and a warning says so).
-// Requests go on filling the other buffer meanwhile.
+// them (or refused them: they are then lost, and counted for Run's next
+// warning). Requests go on filling the other buffer meanwhile.
 func (l *AccessLog) Flush() {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
@@ -121,14 +144,10 @@ func (l *AccessLog) flushLocked() {
 	l.mu.Unlock()
 	if len(b) > 0 {
 		if _, err := l.out.Write(b); err != nil {
-			l.failed++
-			l.warn("access log: writing failed; lines lost", "err", err)
+			l.failed.Add(1)
 		}
 	}
 	l.spare = b[:0]
-	if l.dropped.Load() != l.reported {
-		l.warn("access log: lines dropped: the log's file does not keep up", "backlog_bytes", l.maxBacklog)
-	}
 }
 
 // SetOutput writes the lines buffered so far to the current writer, then
@@ -143,16 +162,19 @@ func (l *AccessLog) SetOutput(w io.Writer) io.Writer {
 	return old
 }
 
-// warn logs msg with the counts since the last warning, at most every
-// warnEvery; l.wmu is held.
-func (l *AccessLog) warn(msg string, args ...any) {
+// warn logs how many lines were dropped and writes failed since the last
+// warning, if any, at most every warnEvery.
+func (l *AccessLog) warn() {
+	l.warnMu.Lock()
+	defer l.warnMu.Unlock()
 	now := time.Now()
-	if l.log == nil || now.Sub(l.warned) < warnEvery {
+	d, f := l.dropped.Load(), l.failed.Load()
+	if l.log == nil || [2]uint64{d, f} == l.reported || now.Sub(l.warned) < warnEvery {
 		return
 	}
-	d := l.dropped.Load()
-	l.log.Warn(msg, append(args, "dropped_lines", d-l.reported, "failed_writes", l.failed)...)
-	l.warned, l.reported, l.failed = now, d, 0
+	l.log.Warn("access log: lines lost: its file does not keep up or refuses writes",
+		"dropped_lines", d-l.reported[0], "failed_writes", f-l.reported[1], "backlog_bytes", l.maxBacklog)
+	l.warned, l.reported = now, [2]uint64{d, f}
 }
 
 // Dropped is the number of lines dropped since the start because the

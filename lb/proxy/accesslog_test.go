@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -29,8 +31,9 @@ func (w *stalledWriter) Write(b []byte) (int, error) {
 }
 
 // A log whose file takes nothing never holds up a request: lines beyond
-// the backlog are dropped and counted, a warning says so, and once the
-// file takes writes again the lines kept arrive whole.
+// the backlog are dropped and counted, a warning says so while the file
+// is still stuck, and once the file takes writes again the lines kept
+// arrive whole.
 func TestAccessLogNeverBlocksRequests(t *testing.T) {
 	w := &stalledWriter{release: make(chan struct{})}
 	var logged testenv.SyncBuffer
@@ -58,6 +61,14 @@ func TestAccessLogNeverBlocksRequests(t *testing.T) {
 		t.Fatalf("dropped %d of %d lines, want some but not all", d, n)
 	}
 
+	// Run warns while its writer is still stuck.
+	testenv.WaitFor(t, 30*time.Second, "a warning about the dropped lines", func() error {
+		if s := logged.String(); !strings.Contains(s, "lines lost") || !strings.Contains(s, "dropped_lines=") {
+			return fmt.Errorf("log: %q", s)
+		}
+		return nil
+	})
+
 	close(w.release)
 	l.Flush() // waits for Run's write in progress, then writes the rest
 	cancel()
@@ -77,9 +88,6 @@ func TestAccessLogNeverBlocksRequests(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &m); err != nil || m["status"] != 200.0 {
 			t.Fatalf("line %q: %v", line, err)
 		}
-	}
-	if s := logged.String(); !strings.Contains(s, "lines dropped") || !strings.Contains(s, "dropped_lines=") {
-		t.Errorf("no warning about the dropped lines in the log:\n%s", s)
 	}
 }
 
@@ -145,4 +153,24 @@ func TestAccessLogRedactsQuery(t *testing.T) {
 	if strings.Contains(buf.String(), "s3cret") || !strings.Contains(buf.String(), `"uri":"/pizzashack/1.0.0/menu?apikey=REDACTED"`) {
 		t.Errorf("access log line: %s", buf.String())
 	}
+}
+
+type refusingWriter struct{}
+
+func (refusingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// Writes that fail are counted and warned about.
+func TestAccessLogWarnsAboutFailedWrites(t *testing.T) {
+	var logged testenv.SyncBuffer
+	l := NewAccessLog(refusingWriter{}, slog.New(slog.NewTextHandler(&logged, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Run(ctx)
+	l.Write(&Entry{Start: time.Now(), Status: 200})
+	testenv.WaitFor(t, 30*time.Second, "a warning about the failed write", func() error {
+		if s := logged.String(); !strings.Contains(s, "failed_writes=1") || !strings.Contains(s, "dropped_lines=0") {
+			return fmt.Errorf("log: %q", s)
+		}
+		return nil
+	})
 }
