@@ -48,6 +48,9 @@ ca = "$PEBBLE_DIRECTORY"
 ca_root = "$PWD/$DEMO/pebble-ca.pem"
 storage = "consul"
 storage_key_file = "$PWD/$DEMO/lb-storage.key"
+
+[log]
+access_log = "$PWD/$DEMO/logs/lb-access.log"
 TOML
 setsid bin/gwnomad lb --config "$DEMO/lb.toml" > "$DEMO/logs/lb.log" 2>&1 < /dev/null &
 echo $! > "$DEMO/lb.pid"
@@ -72,5 +75,6 @@ The stack is up. Look around:
   gateway status       source $DEMO/env && bin/gwnomad status
   through the LB       ${CURL[*]} $URL
   LB routing table     curl -s http://127.0.0.1:9901/routes
+  LB access log        tail $DEMO/logs/lb-access.log   (kill -HUP \$(cat $DEMO/lb.pid) reopens it)
   stop everything      make demo-down
 TXT
