@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,15 +17,12 @@ import (
 // that nobody reads.
 type stalledWriter struct {
 	release chan struct{}
-	mu      sync.Mutex
-	buf     bytes.Buffer
+	out     testenv.SyncBuffer
 }
 
 func (w *stalledWriter) Write(b []byte) (int, error) {
 	<-w.release
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(b)
+	return w.out.Write(b)
 }
 
 // A log whose file takes nothing never holds up a request: lines beyond
@@ -73,9 +68,7 @@ func TestAccessLogNeverBlocksRequests(t *testing.T) {
 	l.Flush() // waits for Run's write in progress, then writes the rest
 	cancel()
 	<-ran
-	w.mu.Lock()
-	out := w.buf.String()
-	w.mu.Unlock()
+	out := w.out.String()
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if uint64(len(lines)) != n-d {
 		t.Errorf("%d lines written, want %d (%d written, %d dropped)", len(lines), n-d, n, d)
@@ -101,9 +94,7 @@ func TestAccessLogRunWrites(t *testing.T) {
 	ran := make(chan struct{})
 	go func() { l.Run(ctx); close(ran) }()
 	written := func() int {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		return w.buf.Len()
+		return len(w.out.String())
 	}
 	for written() == 0 { // a full buffer (flushBytes) is written at once
 		l.Write(&Entry{Start: time.Now(), URI: []byte(strings.Repeat("u", 200)), Status: 200})
@@ -114,9 +105,7 @@ func TestAccessLogRunWrites(t *testing.T) {
 	l.Write(&Entry{Start: time.Now(), URI: []byte("/last"), Status: 204})
 	cancel()
 	<-ran
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := strings.TrimSuffix(w.buf.String(), "\n")
+	out := strings.TrimSuffix(w.out.String(), "\n")
 	if last := out[strings.LastIndexByte(out, '\n')+1:]; !strings.Contains(last, `"uri":"/last"`) {
 		t.Errorf("the last line was not written at Run's end: %s", last)
 	}
