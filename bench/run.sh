@@ -13,5 +13,9 @@ if ((${#missing[@]})); then
 	# the benchmark runs its own instances.
 	for s in haproxy caddy; do (service "$s" stop || true) >/dev/null 2>&1; done
 fi
-GOTOOLCHAIN=${GOTOOLCHAIN:-go1.27.3} go build -o bin/ ./bench/lbbench ./bench/minproxy
+export GOTOOLCHAIN=${GOTOOLCHAIN:-go1.27.3}
+go build -o bin/ ./bench/lbbench ./bench/minproxy
+# bench/gnetmin (target gnet-min, an experiment) is a module of its own, so
+# that gnet stays out of gwnomad's go.mod.
+(cd bench/gnetmin && go build -o ../../bin/gnetmin .)
 exec bin/lbbench "$@"

@@ -99,7 +99,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up run per target and mode before the first repetition")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections")
 	flag.IntVar(&o.threads, "t", 2, "wrk threads")
-	flag.StringVar(&targets, "targets", "gwnomad,haproxy,caddy,fasthttp-min,direct", "targets, comma-separated (fasthttp-min: bench/minproxy, the engine alone)")
+	flag.StringVar(&targets, "targets", "gwnomad,haproxy,caddy,fasthttp-min,gnet-min,direct", "targets, comma-separated (fasthttp-min: bench/minproxy, the engine alone; gnet-min: bench/gnetmin, the same over plain HTTP on an event loop per core, an experiment; its TLS is fasthttp-min's)")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file whose generated section is replaced (\"\": none)")
 	flag.StringVar(&o.resultsDir, "results", "bench/results", "directory for the raw results of this run")
 	flag.StringVar(&o.label, "label", "", "name of this run in the results directory (default: the time)")
@@ -237,7 +237,9 @@ func (r *rig) setup(ctx context.Context, o options) error {
 		case "caddy":
 			t, err = r.startCaddy()
 		case "fasthttp-min":
-			t, err = r.startMinProxy()
+			t, err = r.startMinProxy("minproxy", name)
+		case "gnet-min":
+			t, err = r.startMinProxy("gnetmin", name)
 		case "direct":
 			b := r.backends[0]
 			t = &target{name: "direct", pid: b.cmd.Process.Pid, plain: "http://" + b.addrs.PassthruHTTP, tls: "https://" + b.addrs.PassthruHTTPS, isDirect: true}
@@ -553,8 +555,9 @@ backend gateways
 }
 
 // startMinProxy runs bench/minproxy, the engine-only reference: fasthttp
-// server and HostClients, round robin, nothing else.
-func (r *rig) startMinProxy() (*target, error) {
+// server and HostClients, round robin, nothing else; or bench/gnetmin, the
+// same over plain HTTP on an event loop per core (an experiment).
+func (r *rig) startMinProxy(bin, name string) (*target, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -563,13 +566,13 @@ func (r *rig) startMinProxy() (*target, error) {
 	for _, b := range r.backends {
 		addrs = append(addrs, b.addrs.PassthruHTTP)
 	}
-	c, _, err := r.start(filepath.Join(r.bin, "minproxy"), nil,
+	c, _, err := r.start(filepath.Join(r.bin, bin), nil,
 		"-plain", fmt.Sprintf("127.0.0.1:%d", ports[0]), "-tls", fmt.Sprintf("127.0.0.1:%d", ports[1]),
 		"-cert", r.certFile, "-key", r.keyFile, "-backends", strings.Join(addrs, ","))
 	if err != nil {
 		return nil, err
 	}
-	return &target{name: "fasthttp-min", pid: c.Process.Pid, plain: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), tls: fmt.Sprintf("https://127.0.0.1:%d", ports[1])}, nil
+	return &target{name: name, pid: c.Process.Pid, plain: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), tls: fmt.Sprintf("https://127.0.0.1:%d", ports[1])}, nil
 }
 
 func (r *rig) startCaddy() (*target, error) {
@@ -1116,7 +1119,7 @@ func render(o options, r *rig, res *results) string {
 	w("#### Ratios (gwnomad / other, medians)\n\n| mode | vs | CPU/req | req/s | p99 at half load |\n|---|---|---:|---:|---:|\n")
 	p99 := func(s sample) float64 { return s.P99 }
 	for _, m := range []string{"plain", "tls"} {
-		for _, other := range []string{"haproxy", "caddy", "fasthttp-min", "direct"} {
+		for _, other := range []string{"haproxy", "caddy", "fasthttp-min", "gnet-min", "direct"} {
 			if r.find(other) == nil || r.find("gwnomad") == nil {
 				continue
 			}
