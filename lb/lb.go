@@ -38,6 +38,12 @@
 // running balancer without closing a connection (`gwnomad lb` calls it on
 // SIGHUP); other changes need a restart and are refused.
 //
+// l.Upgrade hands the listening sockets to a new process of the balancer
+// (`gwnomad lb` on SIGUSR2: a new binary, or a change that needs a restart)
+// and returns once it serves; WithInherited(Inherit()) is the new
+// process's side, and systemd socket activation's. Not a connection is
+// refused meanwhile (handover.go has the rules).
+//
 // When ctx ends (SIGTERM), the balancer drains: /healthz answers 503 and
 // the Consul registration goes away, requests are still served for
 // proxy.drain_delay, then the listeners close and requests in flight get
@@ -103,6 +109,10 @@ func WithConsulClient(c *consulapi.Client) Option { return func(l *LB) { l.consu
 // given with WithLogger).
 func WithLogLevel(v *slog.LevelVar) Option { return func(l *LB) { l.level = v } }
 
+// WithInherited makes Start serve on the sockets passed to this process
+// (Inherit) instead of binding its own (see handover.go).
+func WithInherited(in *Inherited) Option { return func(l *LB) { l.inherited = in } }
+
 // WithAccessLog writes the access log to w, whatever log.access_log says.
 func WithAccessLog(w io.Writer) Option { return func(l *LB) { l.accessOut = w } }
 
@@ -163,6 +173,9 @@ type LB struct {
 	lag        prometheus.Histogram
 
 	httpLn, httpsLn, adminLn net.Listener
+	inherited                *Inherited  // sockets passed in (handover.go)
+	upgrading                atomic.Bool // an Upgrade runs or succeeded
+	handedOver               atomic.Bool // a new process serves our sockets
 	fast                     *fasthttp.Server
 	redirectSrv              *http.Server // :80 when TLS is on
 	tlsSrv                   *proxy.TLSServer
@@ -383,21 +396,30 @@ func (l *LB) Start(ctx context.Context) error {
 			}
 		}
 	}
-	if l.adminLn, err = net.Listen("tcp", cfg.Listen.Admin); err != nil {
+	took := 0
+	listen := func(name, addr string) (net.Listener, error) {
+		if ln := l.inherited.take(name, addr); ln != nil {
+			took++
+			return ln, nil
+		}
+		return net.Listen("tcp", addr)
+	}
+	if l.adminLn, err = listen("admin", cfg.Listen.Admin); err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	if cfg.Listen.HTTP != "" {
-		if l.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+		if l.httpLn, err = listen("http", cfg.Listen.HTTP); err != nil {
 			closeAll()
 			return fmt.Errorf("http listener: %w", err)
 		}
 	}
 	if l.tlsConfig != nil {
-		if l.httpsLn, err = net.Listen("tcp", cfg.Listen.HTTPS); err != nil {
+		if l.httpsLn, err = listen("https", cfg.Listen.HTTPS); err != nil {
 			closeAll()
 			return fmt.Errorf("https listener: %w", err)
 		}
 	}
+	l.inherited.closeRest(l.log)
 	sopt := proxy.ServerOptions{
 		ReadTimeout: cfg.Proxy.ReadTimeout.D(), WriteTimeout: cfg.Proxy.WriteTimeout.D(), IdleTimeout: cfg.Proxy.IdleTimeout.D(),
 		MaxHeaderBytes: cfg.Proxy.MaxHeaderBytes, MaxBodyBytes: cfg.Proxy.MaxBodyBytes, MaxConns: cfg.Proxy.MaxConns,
@@ -417,6 +439,14 @@ func (l *LB) Start(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 	}
 	l.wg.Go(func() { l.serveErr("admin", l.adminSrv.Serve(l.adminLn)) })
+	if took > 0 {
+		// Another process may be serving these sockets: answer from them
+		// only with every route's instances known.
+		l.log.Info("serving inherited sockets once every route's first Consul answer is in", "sockets", took)
+		if missing := l.waitReady(ctx, l.builder.Queries(), handoverReadyTimeout); len(missing) > 0 {
+			l.log.Warn("serving without a first Consul answer for some routes", "queries", missing)
+		}
+	}
 	switch {
 	case l.httpLn != nil && l.certs != nil:
 		// With TLS, :80 answers ACME HTTP-01 challenges and redirects the
@@ -487,14 +517,21 @@ func (l *LB) Wait() error {
 	return l.runErr
 }
 
-// drain is the graceful shutdown.
+// drain is the graceful shutdown. After a handover (Upgrade) the new
+// process serves the same sockets and holds the same registration: this
+// one stays registered and healthy, and only finishes its requests.
 func (l *LB) drain(stopRegister context.CancelFunc, regDone <-chan struct{}) {
 	cfg := l.cfg
-	l.draining.Store(true)
-	l.log.Info("draining", "drain_delay", cfg.Proxy.DrainDelay, "grace_period", cfg.Proxy.GracePeriod)
+	handedOver := l.handedOver.Load()
+	if handedOver {
+		l.log.Info("handed over: finishing the requests in flight", "grace_period", cfg.Proxy.GracePeriod)
+	} else {
+		l.draining.Store(true)
+		l.log.Info("draining", "drain_delay", cfg.Proxy.DrainDelay, "grace_period", cfg.Proxy.GracePeriod)
+	}
 	stopRegister()
-	<-regDone // the register loop deregisters on its way out
-	if d := cfg.Proxy.DrainDelay.D(); d > 0 {
+	<-regDone // the register loop deregisters on its way out (not after a handover)
+	if d := cfg.Proxy.DrainDelay.D(); d > 0 && !handedOver {
 		time.Sleep(d)
 	}
 	grace, cancel := context.WithTimeout(context.Background(), cfg.Proxy.GracePeriod.D())
@@ -572,6 +609,10 @@ func (l *LB) registerLoop(ctx context.Context) {
 			continue
 		case <-ctx.Done():
 			t.Stop()
+			if l.handedOver.Load() {
+				log.Info("leaving the registration in consul to the process handed over to")
+				return
+			}
 			dctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			err := l.consul.Agent().ServiceDeregisterOpts(reg.ID, (&consulapi.QueryOptions{}).WithContext(dctx))
 			cancel()

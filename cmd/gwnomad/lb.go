@@ -29,7 +29,20 @@ and retries, and drains gracefully on SIGTERM. On SIGHUP it reads the file
 again and applies [[routes]], [health] and log.level without closing a
 connection; a change to anything else, or an invalid file, is logged and
 the running configuration stays (restart for those). SIGHUP also opens the
-access log's file again (log rotation: rename it, then SIGHUP). Flags
+access log's file again (log rotation: rename it, then SIGHUP).
+
+On SIGUSR2 it upgrades itself without refusing a connection: it starts the
+program file it runs from again (replace the binary first to change
+version; the new process reads the configuration file anew, so this is also
+how to apply a change that needs a restart), hands it its listening sockets,
+and once the new process serves (every route's instances known), stops
+accepting, finishes its requests in flight and exits 0, leaving its Consul
+registration to the new process. If the new process fails (a bad
+configuration, say), it exits and this one serves on; the log says why.
+Under systemd use Type=notify and NotifyAccess=all (the new process tells
+systemd it is the main process now); systemd socket activation
+(LISTEN_FDS, FileDescriptorName=http, https or admin) works too. Not under
+Nomad: there, run two allocations and let Nomad roll them. Flags
 override the file; Consul is reached through the usual environment
 (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul]
 says otherwise.
@@ -160,27 +173,55 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			len(cfg.Routes), cfg.Listen.HTTP, cfg.Listen.HTTPS, cfg.TLS.Mode, cfg.Listen.Admin, text)
 		return exitOK
 	}
+	in, err := lb.Inherit()
+	if err != nil {
+		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
+		return exitFailed
+	}
+	defer in.Close() // the sockets no listener took
 	level := new(slog.LevelVar)
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	l, err := lb.New(cfg, lb.WithLogger(log), lb.WithLogLevel(level))
+	l, err := lb.New(cfg, lb.WithLogger(log), lb.WithLogLevel(level), lb.WithInherited(in))
 	if err != nil {
 		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
 		return exitInvalid
 	}
-	// SIGHUP is caught from here on: one that comes while the balancer
-	// starts waits for it.
-	hup := make(chan os.Signal, 1)
+	// SIGHUP and SIGUSR2 are caught from here on: one that comes while the
+	// balancer starts waits for it.
+	hup, usr2 := make(chan os.Signal, 1), make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(usr2, syscall.SIGUSR2)
 	defer signal.Stop(hup)
-	if err := l.Start(ctx); err != nil {
+	defer signal.Stop(usr2)
+	runCtx, stopRun := context.WithCancel(ctx) // ends with SIGTERM or a handover
+	defer stopRun()
+	if err := l.Start(runCtx); err != nil {
 		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
 		return exitFailed
+	}
+	if err := lb.Ready(in); err != nil {
+		log.Warn("could not report ready", "err", err)
 	}
 	go func() {
 		for {
 			select {
-			case <-ctx.Done():
+			case <-runCtx.Done():
+				return
+			case <-usr2:
+				exe, err := os.Executable()
+				if err != nil {
+					log.Error("upgrade: cannot find this program's file; this process serves on", "err", err)
+					continue
+				}
+				log.Info("SIGUSR2: upgrading: starting a new process and handing it the listening sockets", "exe", exe)
+				pid, err := l.Upgrade(runCtx, exe, os.Args, lb.UpgradeTimeout)
+				if err != nil {
+					log.Error("upgrade failed; this process serves on", "err", err)
+					continue
+				}
+				log.Info("upgrade: the new process serves; this one stops accepting and finishes its requests", "new_pid", pid)
+				stopRun()
 				return
 			case <-hup:
 				log.Info("SIGHUP: reopening the access log and reloading the configuration", "file", *cfgPath)

@@ -1,0 +1,416 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/gwnomad/gwnomad/internal/devstack"
+	"github.com/gwnomad/gwnomad/internal/testenv"
+)
+
+// The real gwnomad binary (bin/, built by make build): an upgrade execs the
+// program file, which in `go test` would be the test binary.
+func gwnomadBin(t *testing.T) string {
+	t.Helper()
+	dir, err := devstack.FindBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "gwnomad")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%v (make build makes it)", err)
+	}
+	return bin
+}
+
+// registerBackend serves name at a new loopback server registered in
+// Consul as service svc (TTL check, passing).
+func registerBackend(t *testing.T, c *consulapi.Client, svc, name string) {
+	t.Helper()
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := c.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		ID: name, Name: svc, Address: "127.0.0.1", Port: port,
+		Check: &consulapi.AgentServiceCheck{TTL: "5m", Status: consulapi.HealthPassing},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// notifySocket listens where a process started with NOTIFY_SOCKET=path
+// sends its sd_notify states; they arrive on the channel.
+func notifySocket(t *testing.T) (string, <-chan string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ch := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			ch <- string(buf[:n])
+		}
+	}()
+	return path, ch
+}
+
+func waitState(t *testing.T, ch <-chan string, want string) {
+	t.Helper()
+	select {
+	case got := <-ch:
+		if got != want {
+			t.Fatalf("sd_notify state %q, want %q", got, want)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no sd_notify state (want %q)", want)
+	}
+}
+
+// load sends GETs to addr over keep-alive connections from 4 clients until
+// stopped, and counts the answers that are not 200 from a backend.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
+}
+
+func startLoad(addr, host string) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	ld := &load{stop: cancel}
+	for range 4 {
+		cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+		ld.wg.Go(func() {
+			defer cl.CloseIdleConnections()
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+				req.Host = host
+				resp, err := cl.Do(req)
+				if ctx.Err() != nil {
+					return
+				}
+				var body []byte
+				if err == nil {
+					body, _ = io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						err = fmt.Errorf("%d %s", resp.StatusCode, body)
+					}
+				}
+				if err != nil {
+					ld.failed.Add(1)
+					ld.mu.Lock()
+					if len(ld.errs) < 10 {
+						ld.errs = append(ld.errs, err.Error())
+					}
+					ld.mu.Unlock()
+					continue
+				}
+				ld.ok.Add(1)
+			}
+		})
+	}
+	return ld
+}
+
+func (ld *load) waitOK(t *testing.T, n int64, what string) {
+	t.Helper()
+	testenv.WaitFor(t, 60*time.Second, what, func() error {
+		if got := ld.ok.Load(); got < n {
+			return fmt.Errorf("%d answers so far, %d failed", got, ld.failed.Load())
+		}
+		return nil
+	})
+}
+
+func (ld *load) finish(t *testing.T) {
+	t.Helper()
+	ld.stop()
+	ld.wg.Wait()
+	t.Logf("requests: %d answered, %d failed", ld.ok.Load(), ld.failed.Load())
+	if ld.failed.Load() > 0 {
+		t.Errorf("%d requests failed, first ones: %q", ld.failed.Load(), ld.errs)
+	}
+}
+
+// procLog is a process's stderr, written to a file.
+type procLog struct{ f *os.File }
+
+func logFile(t *testing.T) procLog {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return procLog{f}
+}
+
+func (l procLog) String() string {
+	b, _ := os.ReadFile(l.f.Name())
+	return string(b)
+}
+
+// alive tells whether pid runs (a zombie does not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
+}
+
+// SIGUSR2 under load, with the real binary and real Consul: first with a
+// configuration that the new process refuses (the old one serves on), then
+// with a good one (the new process takes the sockets, the old one exits 0).
+// Not one request fails, the balancer's Consul registration stays, and
+// systemd would hear the new main pid.
+func TestLBUpgradeUnderLoad(t *testing.T) {
+	bin := gwnomadBin(t)
+	st := testenv.Consul(t)
+	c := st.ConsulAPI()
+	registerBackend(t, c, "svc", "backend-1")
+	registerBackend(t, c, "svc", "backend-2")
+	path := filepath.Join(t.TempDir(), "lb.toml")
+	good := fmt.Sprintf(`[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[consul]
+address = %q
+check_interval = "1s"
+[[routes]]
+hosts = ["x.test"]
+service = "svc"
+port = "service"
+`, st.Consul.HTTPAddr)
+	if err := os.WriteFile(path, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notify, states := notifySocket(t)
+	// The log is a file: the new process inherits it as stderr and
+	// outlives the old one, so a pipe (exec's copy of it to a buffer)
+	// would not end with the old process.
+	stderr := logFile(t)
+	cmd := exec.Command(bin, "lb", "--config", path)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
+	cmd.Stderr = stderr.f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	newPid := 0
+	t.Cleanup(func() {
+		for _, pid := range []int{cmd.Process.Pid, newPid} {
+			if pid > 0 && alive(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if t.Failed() {
+			t.Logf("balancer log:\n%s", stderr.String())
+		}
+	})
+	addr := ""
+	started := regexp.MustCompile(`msg="load balancer started" http=(\S+)`)
+	testenv.WaitFor(t, 30*time.Second, "the balancer to start", func() error {
+		if m := started.FindStringSubmatch(stderr.String()); m != nil {
+			addr = m[1]
+			return nil
+		}
+		return errors.New("not started")
+	})
+	waitState(t, states, "READY=1")
+	ld := startLoad(addr, "x.test")
+	ld.waitOK(t, 200, "answers before the upgrades")
+
+	// A configuration the new process refuses: it exits, this one serves on.
+	if err := os.WriteFile(path, []byte(good+"policy = \"fastest\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 90*time.Second, "the failed upgrade to be logged", func() error {
+		if !strings.Contains(stderr.String(), "upgrade failed; this process serves on") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if !strings.Contains(stderr.String(), "policy") {
+		t.Errorf("the new process's configuration error is not in the log:\n%s", stderr.String())
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the balancer exited after a failed upgrade: %v", err)
+	default:
+	}
+	n := ld.ok.Load()
+	ld.waitOK(t, n+200, "answers after the failed upgrade")
+
+	// The good configuration again: the new process takes over.
+	if err := os.WriteFile(path, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the old balancer exited with %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("the old balancer did not exit after the upgrade")
+	}
+	m := regexp.MustCompile(`new_pid=(\d+)`).FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatalf("no new_pid in the log")
+	}
+	newPid, _ = strconv.Atoi(m[1])
+	waitState(t, states, fmt.Sprintf("MAINPID=%d\nREADY=1", newPid))
+	if !alive(newPid) {
+		t.Fatalf("the new process %d does not run", newPid)
+	}
+	n = ld.ok.Load()
+	ld.waitOK(t, n+300, "answers from the new process alone")
+	ld.finish(t)
+
+	// The old process left the registration to the new one, which stays
+	// healthy.
+	testenv.WaitFor(t, 30*time.Second, "the balancer's registration to be passing", func() error {
+		checks, _, err := c.Health().Checks("gwnomad-lb", nil)
+		if err != nil {
+			return err
+		}
+		if len(checks) != 1 || checks[0].Status != consulapi.HealthPassing {
+			return fmt.Errorf("checks %v", checks)
+		}
+		return nil
+	})
+	if strings.Contains(stderr.String(), "deregistered from consul") {
+		t.Error("the old process deregistered the balancer")
+	}
+
+	// SIGTERM stops the new process as usual.
+	if err := syscall.Kill(newPid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 60*time.Second, "the new process to stop", func() error {
+		if alive(newPid) {
+			return errors.New("still running")
+		}
+		return nil
+	})
+}
+
+// systemd socket activation: the balancer serves the socket it is given
+// (LISTEN_FDS, unnamed, matched by address) and binds nothing itself; the
+// test holds the address, so a bind of its own would fail. It reports
+// READY=1.
+func TestLBSocketActivation(t *testing.T) {
+	bin := gwnomadBin(t)
+	st := testenv.Consul(t)
+	registerBackend(t, st.ConsulAPI(), "svc", "backend-1")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	path := filepath.Join(t.TempDir(), "lb.toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(`[listen]
+http = %q
+admin = "127.0.0.1:0"
+[consul]
+address = %q
+register = false
+[[routes]]
+hosts = ["x.test"]
+service = "svc"
+port = "service"
+`, ln.Addr().String(), st.Consul.HTTPAddr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notify, states := notifySocket(t)
+	stderr := logFile(t)
+	// systemd sets LISTEN_PID to the pid it execs; the shell's pid is the
+	// one gwnomad gets.
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin, "lb", "--config", path)
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+notify)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = stderr.f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("balancer log:\n%s", stderr.String())
+		}
+	})
+	waitState(t, states, "READY=1")
+	req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+	req.Host = "x.test"
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "backend-1" {
+		t.Fatalf("answer %d %q", resp.StatusCode, body)
+	}
+	if !strings.Contains(stderr.String(), "serving inherited sockets") {
+		t.Errorf("no word of the inherited socket in the log")
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("did not stop")
+	}
+}
