@@ -41,8 +41,9 @@ registration to the new process. If the new process fails (a bad
 configuration, say), it exits and this one serves on; the log says why.
 Under systemd use Type=notify and NotifyAccess=all (the new process tells
 systemd it is the main process now); systemd socket activation
-(LISTEN_FDS, FileDescriptorName=http, https or admin) works too. Not under
-Nomad: there, run two allocations and let Nomad roll them. Flags
+(LISTEN_FDS, FileDescriptorName=http, https or admin) works too. Under
+Nomad (NOMAD_ALLOC_ID set) SIGUSR2 is refused, as the task's process must
+stay: run two allocations there and let Nomad roll them. Flags
 override the file; Consul is reached through the usual environment
 (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul]
 says otherwise.
@@ -209,6 +210,10 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			case <-runCtx.Done():
 				return
 			case <-usr2:
+				if os.Getenv("NOMAD_ALLOC_ID") != "" {
+					log.Error("SIGUSR2: no upgrade in place under Nomad (the task's process must stay); run two allocations and let Nomad roll them")
+					continue
+				}
 				exe, err := os.Executable()
 				if err != nil {
 					log.Error("upgrade: cannot find this program's file; this process serves on", "err", err)

@@ -336,6 +336,72 @@ port = "service"
 	})
 }
 
+// Under Nomad (NOMAD_ALLOC_ID set) SIGUSR2 starts no process: the task's
+// process must stay. The balancer says so and serves on.
+func TestLBUpgradeRefusedUnderNomad(t *testing.T) {
+	bin := gwnomadBin(t)
+	st := testenv.Consul(t)
+	registerBackend(t, st.ConsulAPI(), "svc", "backend-1")
+	path := filepath.Join(t.TempDir(), "lb.toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(`[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[consul]
+address = %q
+register = false
+[[routes]]
+hosts = ["x.test"]
+service = "svc"
+port = "service"
+`, st.Consul.HTTPAddr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stderr := logFile(t)
+	cmd := exec.Command(bin, "lb", "--config", path)
+	cmd.Env = append(os.Environ(), "NOMAD_ALLOC_ID=0b9f1e3c-test")
+	cmd.Stderr = stderr.f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("balancer log:\n%s", stderr.String())
+		}
+	})
+	addr := ""
+	started := regexp.MustCompile(`msg="load balancer started" http=(\S+)`)
+	testenv.WaitFor(t, 30*time.Second, "the balancer to start", func() error {
+		if m := started.FindStringSubmatch(stderr.String()); m != nil {
+			addr = m[1]
+			return nil
+		}
+		return errors.New("not started")
+	})
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the refusal to be logged", func() error {
+		if !strings.Contains(stderr.String(), "no upgrade in place under Nomad") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if strings.Contains(stderr.String(), "started a new process") {
+		t.Error("a new process was started under Nomad")
+	}
+	ld := startLoad(addr, "x.test")
+	ld.waitOK(t, 100, "answers after the refused upgrade")
+	ld.finish(t)
+	select {
+	case err := <-exited:
+		t.Fatalf("the balancer exited: %v", err)
+	default:
+	}
+}
+
 // systemd socket activation: the balancer serves the socket it is given
 // (LISTEN_FDS, unnamed, matched by address) and binds nothing itself; the
 // test holds the address, so a bind of its own would fail. It reports
