@@ -13,18 +13,17 @@
 // retries, headers, logs or metrics. By default it parses the request's
 // and the answer's header with fasthttp's parsers and writes them out
 // again, as bench/minproxy does, so that the two differ in the engine only
-// (-parse=false relays the bytes as they came). Its TLS listener is
-// bench/minproxy's (fasthttp and crypto/tls), so only its plain figures say
-// anything new.
+// (-parse=false relays the bytes as they came). Plain HTTP only: an event
+// loop cannot drive crypto/tls as it is (lbbench runs bench/minproxy for
+// the TLS rows of this target).
 //
-//	gnetmin -plain 127.0.0.1:8080 -tls 127.0.0.1:8443 -cert c.pem -key k.pem -backends 127.0.0.1:9001,127.0.0.1:9002
+//	gnetmin -plain 127.0.0.1:8080 -backends 127.0.0.1:9001,127.0.0.1:9002
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"flag"
 	"fmt"
 	"log"
@@ -34,7 +33,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/valyala/fasthttp"
@@ -42,9 +40,6 @@ import (
 
 func main() {
 	plain := flag.String("plain", "", "plain HTTP listen address (gnet)")
-	tlsAddr := flag.String("tls", "", "HTTPS listen address (TLS 1.3, fasthttp as bench/minproxy)")
-	cert := flag.String("cert", "", "certificate PEM")
-	key := flag.String("key", "", "key PEM")
 	backends := flag.String("backends", "", "comma-separated backend addresses")
 	loops := flag.Int("loops", 0, "event loops (default: GOMAXPROCS)")
 	lock := flag.Bool("lock-os-thread", true, "pin each event loop to an OS thread")
@@ -62,18 +57,11 @@ func main() {
 		}
 		p.backends = append(p.backends, a)
 	}
-	errc := make(chan error, 2)
-	if *tlsAddr != "" {
-		go func() { errc <- serveTLS(*tlsAddr, *cert, *key, strings.Split(*backends, ",")) }()
+	opts := []gnet.Option{gnet.WithMulticore(true), gnet.WithLockOSThread(*lock), gnet.WithTCPNoDelay(gnet.TCPNoDelay)}
+	if *loops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(*loops))
 	}
-	go func() {
-		opts := []gnet.Option{gnet.WithMulticore(true), gnet.WithLockOSThread(*lock), gnet.WithTCPNoDelay(gnet.TCPNoDelay)}
-		if *loops > 0 {
-			opts = append(opts, gnet.WithNumEventLoop(*loops))
-		}
-		errc <- gnet.Run(p, "tcp://"+*plain, opts...)
-	}()
-	log.Fatal(<-errc)
+	log.Fatal(gnet.Run(p, "tcp://"+*plain, opts...))
 }
 
 type proxy struct {
@@ -278,29 +266,4 @@ func responseLen(buf []byte) (n int, ok bool) {
 	}
 	n = end + 4 + cl
 	return n, len(buf) >= n
-}
-
-// serveTLS is bench/minproxy's TLS side.
-func serveTLS(addr, cert, key string, backends []string) error {
-	var clients []*fasthttp.HostClient
-	for _, b := range backends {
-		clients = append(clients, &fasthttp.HostClient{Addr: b, MaxConns: 1024, ReadTimeout: 60 * time.Second, WriteTimeout: 60 * time.Second})
-	}
-	var next atomic.Uint64
-	srv := &fasthttp.Server{NoDefaultServerHeader: true, NoDefaultDate: true, Handler: func(ctx *fasthttp.RequestCtx) {
-		hc := clients[next.Add(1)%uint64(len(clients))]
-		ctx.Request.URI().SetScheme("http")
-		if err := hc.Do(&ctx.Request, &ctx.Response); err != nil {
-			ctx.Error("bad gateway", fasthttp.StatusBadGateway)
-		}
-	}}
-	pair, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	return srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}}))
 }

@@ -99,7 +99,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up run per target and mode before the first repetition")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections")
 	flag.IntVar(&o.threads, "t", 2, "wrk threads")
-	flag.StringVar(&targets, "targets", "gwnomad,haproxy,caddy,fasthttp-min,gnet-min,direct", "targets, comma-separated (fasthttp-min: bench/minproxy, the engine alone; gnet-min: bench/gnetmin, the same over plain HTTP on an event loop per core, an experiment; its TLS is fasthttp-min's)")
+	flag.StringVar(&targets, "targets", "gwnomad,haproxy,caddy,fasthttp-min,gnet-min,direct", "targets, comma-separated (fasthttp-min: bench/minproxy, the engine alone; gnet-min: bench/gnetmin, the same over plain HTTP on an event loop per core, an experiment; its TLS rows are a fasthttp-min process's)")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file whose generated section is replaced (\"\": none)")
 	flag.StringVar(&o.resultsDir, "results", "bench/results", "directory for the raw results of this run")
 	flag.StringVar(&o.label, "label", "", "name of this run in the results directory (default: the time)")
@@ -237,9 +237,9 @@ func (r *rig) setup(ctx context.Context, o options) error {
 		case "caddy":
 			t, err = r.startCaddy()
 		case "fasthttp-min":
-			t, err = r.startMinProxy("minproxy", name)
+			t, err = r.startMinProxy()
 		case "gnet-min":
-			t, err = r.startMinProxy("gnetmin", name)
+			t, err = r.startGnetMin()
 		case "direct":
 			b := r.backends[0]
 			t = &target{name: "direct", pid: b.cmd.Process.Pid, plain: "http://" + b.addrs.PassthruHTTP, tls: "https://" + b.addrs.PassthruHTTPS, isDirect: true}
@@ -555,24 +555,51 @@ backend gateways
 }
 
 // startMinProxy runs bench/minproxy, the engine-only reference: fasthttp
-// server and HostClients, round robin, nothing else; or bench/gnetmin, the
-// same over plain HTTP on an event loop per core (an experiment).
-func (r *rig) startMinProxy(bin, name string) (*target, error) {
+// server and HostClients, round robin, nothing else.
+func (r *rig) startMinProxy() (*target, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
+	c, _, err := r.start(filepath.Join(r.bin, "minproxy"), nil,
+		"-plain", fmt.Sprintf("127.0.0.1:%d", ports[0]), "-tls", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"-cert", r.certFile, "-key", r.keyFile, "-backends", r.backendList())
+	if err != nil {
+		return nil, err
+	}
+	return &target{name: "fasthttp-min", pid: c.Process.Pid, plain: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), tls: fmt.Sprintf("https://127.0.0.1:%d", ports[1])}, nil
+}
+
+// startGnetMin runs bench/gnetmin, the same minimal proxy on an event loop
+// per core (an experiment), for the plain runs; its TLS runs load a
+// bench/minproxy process of their own (gnetmin speaks plain HTTP only).
+func (r *rig) startGnetMin() (*target, error) {
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	plain, _, err := r.start(filepath.Join(r.bin, "gnetmin"), nil,
+		"-plain", fmt.Sprintf("127.0.0.1:%d", ports[0]), "-backends", r.backendList())
+	if err != nil {
+		return nil, err
+	}
+	tlsProc, _, err := r.start(filepath.Join(r.bin, "minproxy"), nil,
+		"-plain", fmt.Sprintf("127.0.0.1:%d", ports[1]), "-tls", fmt.Sprintf("127.0.0.1:%d", ports[2]),
+		"-cert", r.certFile, "-key", r.keyFile, "-backends", r.backendList())
+	if err != nil {
+		return nil, err
+	}
+	return &target{name: "gnet-min", pid: plain.Process.Pid, tlsPid: tlsProc.Process.Pid,
+		plain: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), tls: fmt.Sprintf("https://127.0.0.1:%d", ports[2])}, nil
+}
+
+// backendList is the gateways' plain passthrough addresses, comma-separated.
+func (r *rig) backendList() string {
 	var addrs []string
 	for _, b := range r.backends {
 		addrs = append(addrs, b.addrs.PassthruHTTP)
 	}
-	c, _, err := r.start(filepath.Join(r.bin, bin), nil,
-		"-plain", fmt.Sprintf("127.0.0.1:%d", ports[0]), "-tls", fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		"-cert", r.certFile, "-key", r.keyFile, "-backends", strings.Join(addrs, ","))
-	if err != nil {
-		return nil, err
-	}
-	return &target{name: name, pid: c.Process.Pid, plain: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), tls: fmt.Sprintf("https://127.0.0.1:%d", ports[1])}, nil
+	return strings.Join(addrs, ",")
 }
 
 func (r *rig) startCaddy() (*target, error) {
