@@ -3,23 +3,15 @@ package lb_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -569,38 +561,10 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	}
 }
 
-// writeCert writes a self-signed certificate for host into dir.
-func writeCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	certFile, keyFile = filepath.Join(dir, "lb.crt"), filepath.Join(dir, "lb.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(leaf)
-	return certFile, keyFile, pool
-}
-
 func TestTLSFilesServesHTTP2AndHTTP1(t *testing.T) {
 	st := testenv.Consul(t)
 	register(t, st.ConsulAPI(), inProcessGateway(t, "gw-1"), true)
-	certFile, keyFile, pool := writeCert(t, t.TempDir())
+	certFile, keyFile, pool := testenv.CertFiles(t, t.TempDir(), host)
 	l, _ := startLBWith(t, st, "p2c", func(cfg *config.Config) {
 		cfg.Listen.HTTPS = "127.0.0.1:0"
 		cfg.TLS.Mode, cfg.TLS.CertFile, cfg.TLS.KeyFile = "files", certFile, keyFile

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -96,8 +97,8 @@ func waitState(t *testing.T, ch <-chan string, want string) {
 	}
 }
 
-// load sends GETs to addr over keep-alive connections from 4 clients until
-// stopped, and counts the answers that are not 200 from a backend.
+// load sends GETs to base over keep-alive connections, one client each
+// transport, until stopped, and counts the answers that are not 200.
 type load struct {
 	ok, failed atomic.Int64
 	mu         sync.Mutex
@@ -106,15 +107,20 @@ type load struct {
 	wg         sync.WaitGroup
 }
 
-func startLoad(addr, host string) *load {
+func startLoad(base, host string, transports ...*http.Transport) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	ld := &load{stop: cancel}
-	for range 4 {
-		cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	if len(transports) == 0 {
+		for range 4 {
+			transports = append(transports, &http.Transport{MaxIdleConnsPerHost: 1})
+		}
+	}
+	for _, tr := range transports {
+		cl := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 		ld.wg.Go(func() {
 			defer cl.CloseIdleConnections()
 			for ctx.Err() == nil {
-				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+				req, _ := http.NewRequestWithContext(ctx, "GET", base+"/", nil)
 				req.Host = host
 				resp, err := cl.Do(req)
 				if ctx.Err() != nil {
@@ -193,21 +199,29 @@ func alive(pid int) bool {
 	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
 }
 
-// SIGUSR2 under load, with the real binary and real Consul: first with a
-// configuration that the new process refuses (the old one serves on), then
-// with a good one (the new process takes the sockets, the old one exits 0).
-// Not one request fails, the balancer's Consul registration stays, and
-// systemd would hear the new main pid.
+// SIGUSR2 under load over HTTPS (HTTP/1.1 and HTTP/2 clients), with the
+// real binary and real Consul: first with a configuration that the new
+// process refuses (the old one serves on), then with a good one (the new
+// process takes the sockets, the old one exits 0). Not one request fails,
+// the balancer's Consul registration stays, and systemd would hear the new
+// main pid.
 func TestLBUpgradeUnderLoad(t *testing.T) {
 	bin := gwnomadBin(t)
 	st := testenv.Consul(t)
 	c := st.ConsulAPI()
 	registerBackend(t, c, "svc", "backend-1")
 	registerBackend(t, c, "svc", "backend-2")
-	path := filepath.Join(t.TempDir(), "lb.toml")
+	dir := t.TempDir()
+	certFile, keyFile, pool := testenv.CertFiles(t, dir, "x.test")
+	path := filepath.Join(dir, "lb.toml")
 	good := fmt.Sprintf(`[listen]
 http = "127.0.0.1:0"
+https = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+[tls]
+mode = "files"
+cert_file = %q
+key_file = %q
 [consul]
 address = %q
 check_interval = "1s"
@@ -215,7 +229,7 @@ check_interval = "1s"
 hosts = ["x.test"]
 service = "svc"
 port = "service"
-`, st.Consul.HTTPAddr)
+`, certFile, keyFile, st.Consul.HTTPAddr)
 	if err := os.WriteFile(path, []byte(good), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +258,7 @@ port = "service"
 		}
 	})
 	addr := ""
-	started := regexp.MustCompile(`msg="load balancer started" http=(\S+)`)
+	started := regexp.MustCompile(`msg="load balancer started" http=\S+ https=(\S+)`)
 	testenv.WaitFor(t, 30*time.Second, "the balancer to start", func() error {
 		if m := started.FindStringSubmatch(stderr.String()); m != nil {
 			addr = m[1]
@@ -253,7 +267,13 @@ port = "service"
 		return errors.New("not started")
 	})
 	waitState(t, states, "READY=1")
-	ld := startLoad(addr, "x.test")
+	var transports []*http.Transport
+	for _, h2 := range []bool{false, false, true, true} {
+		transports = append(transports, &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "x.test"}, ForceAttemptHTTP2: h2, MaxIdleConnsPerHost: 1,
+		})
+	}
+	ld := startLoad("https://"+addr, "x.test", transports...)
 	ld.waitOK(t, 200, "answers before the upgrades")
 
 	// A configuration the new process refuses: it exits, this one serves on.
@@ -392,7 +412,7 @@ port = "service"
 	if strings.Contains(stderr.String(), "started a new process") {
 		t.Error("a new process was started under Nomad")
 	}
-	ld := startLoad(addr, "x.test")
+	ld := startLoad("http://"+addr, "x.test")
 	ld.waitOK(t, 100, "answers after the refused upgrade")
 	ld.finish(t)
 	select {

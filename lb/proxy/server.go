@@ -1,6 +1,3 @@
-//lint:file-ignore SA1019 net/http serves HTTP/2 only from its own listeners; one TLS listener that
-// hands h2 connections to x/net/http2 and HTTP/1.1 ones to fasthttp needs ServeConn.
-
 package proxy
 
 import (
@@ -16,7 +13,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"golang.org/x/net/http2"
 )
 
 // ServerOptions are the limits against slow or abusive clients.
@@ -74,8 +70,13 @@ func (f fastLogger) Printf(format string, args ...any) {
 }
 
 // TLSServer is the one TLS listener: it completes the handshake, then
-// hands connections that negotiated h2 (ALPN) to an HTTP/2 server and all
-// others to the fasthttp server.
+// hands connections that negotiated h2 (ALPN) to net/http's HTTP/2 server
+// and all others to the fasthttp server, each through a listener of
+// handshaken connections (chanListener). net/http then owns its h2
+// connections, so its Shutdown sends each a GOAWAY and waits for their
+// streams: x/net/http2's ServeConn, since Go 1.27 a wrapper around
+// net/http's server, serves each connection by a copy of the server that
+// no Shutdown reaches.
 type TLSServer struct {
 	Fast    *fasthttp.Server
 	Handler http.Handler // for HTTP/2 (Proxy.ServeHTTP)
@@ -88,14 +89,12 @@ type TLSServer struct {
 	IdleTimeout      time.Duration
 	Logger           *slog.Logger
 
-	mu     sync.Mutex
-	ln     net.Listener
-	ch     *chanListener
-	h2     *http2.Server
-	h2base *http.Server
-	conns  map[net.Conn]struct{} // h2 connections
-	wg     sync.WaitGroup
-	closed bool
+	mu   sync.Mutex
+	ln   net.Listener
+	ch   *chanListener // to fasthttp
+	h2ch *chanListener // to h2
+	h2   *http.Server
+	wg   sync.WaitGroup // handshakes
 }
 
 // Serve accepts on ln until Shutdown.
@@ -112,26 +111,32 @@ func (s *TLSServer) Serve(ln net.Listener) error {
 			cfg.NextProtos = append(cfg.NextProtos, proto)
 		}
 	}
+	var protos http.Protocols
+	protos.SetHTTP1(true) // not used: only h2 connections come to it
+	protos.SetHTTP2(true)
 	s.mu.Lock()
 	s.ln = ln
-	s.ch = newChanListener(ln.Addr())
-	s.h2base = &http.Server{Handler: s.Handler, IdleTimeout: s.IdleTimeout, ErrorLog: slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug)}
-	s.h2 = &http2.Server{IdleTimeout: s.IdleTimeout, MaxConcurrentStreams: 250}
-	_ = http2.ConfigureServer(s.h2base, s.h2) // registers graceful shutdown on h2base
-	s.conns = map[net.Conn]struct{}{}
+	s.ch, s.h2ch = newChanListener(ln.Addr()), newChanListener(ln.Addr())
+	s.h2 = &http.Server{
+		Handler: s.Handler, IdleTimeout: s.IdleTimeout, Protocols: &protos,
+		HTTP2:    &http.HTTP2Config{MaxConcurrentStreams: 250},
+		ErrorLog: slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
+	}
 	s.mu.Unlock()
 
-	fastDone := make(chan error, 1)
+	fastDone, h2Done := make(chan error, 1), make(chan error, 1)
 	go func() { fastDone <- s.Fast.Serve(s.ch) }()
+	go func() { h2Done <- s.h2.Serve(s.h2ch) }()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			s.ch.Close()
+			s.h2ch.Close()
+			<-fastDone
+			<-h2Done
 			if errors.Is(err, net.ErrClosed) {
-				<-fastDone
 				return nil
 			}
-			<-fastDone
 			return fmt.Errorf("tls listener: %w", err)
 		}
 		s.wg.Add(1)
@@ -151,18 +156,9 @@ func (s *TLSServer) handshake(tc *tls.Conn) {
 	}
 	switch tc.ConnectionState().NegotiatedProtocol {
 	case "h2":
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		if !s.h2ch.deliver(tc) {
 			tc.Close()
-			return
 		}
-		s.conns[tc] = struct{}{}
-		s.mu.Unlock()
-		s.h2.ServeConn(tc, &http2.ServeConnOpts{BaseConfig: s.h2base, Handler: s.Handler})
-		s.mu.Lock()
-		delete(s.conns, tc)
-		s.mu.Unlock()
 	case "acme-tls/1":
 		tc.Close()
 	default:
@@ -173,30 +169,26 @@ func (s *TLSServer) handshake(tc *tls.Conn) {
 }
 
 // Shutdown stops accepting, lets HTTP/1.1 and HTTP/2 requests in flight
-// finish until ctx ends, then closes what is left.
+// finish until ctx ends (each h2 connection gets a GOAWAY at once, so its
+// client opens new streams elsewhere), then closes what is left.
 func (s *TLSServer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closed = true
-	ln, base := s.ln, s.h2base
+	ln, h2 := s.ln, s.h2
 	s.mu.Unlock()
 	if ln == nil {
 		return nil
 	}
 	ln.Close()
-	_ = base.Shutdown(ctx) // sends GOAWAY on every h2 connection
+	h2Done := make(chan error, 1)
+	go func() { h2Done <- h2.Shutdown(ctx) }()
 	errFast := s.Fast.ShutdownWithContext(ctx)
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
+	if err := <-h2Done; err != nil {
+		_ = h2.Close() // the grace period is over
+		if errFast == nil {
+			errFast = fmt.Errorf("http/2: %w", err)
 		}
-		s.mu.Unlock()
-		<-done
 	}
+	s.wg.Wait() // handshakes end within HandshakeTimeout
 	return errFast
 }
 
