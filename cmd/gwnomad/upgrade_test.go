@@ -170,22 +170,109 @@ func (ld *load) finish(t *testing.T) {
 	}
 }
 
-// procLog is a process's stderr, written to a file.
-type procLog struct{ f *os.File }
+// lbProc is a `gwnomad lb` process of the real binary. Its log (stderr)
+// is a file: the new process of an upgrade inherits it and outlives the old
+// one, so a pipe (exec's copy of it to a buffer) would not end with the old.
+type lbProc struct {
+	cmd     *exec.Cmd
+	logPath string
+	exited  chan error
+}
 
-func logFile(t *testing.T) procLog {
+// startLBProc starts cmd with its stderr in a file; at the end of the test
+// it kills the process (and the pids in others, when set) and prints the
+// log if the test failed.
+func startLBProc(t *testing.T, cmd *exec.Cmd, others ...*int) *lbProc {
 	t.Helper()
 	f, err := os.Create(filepath.Join(t.TempDir(), "stderr.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
-	return procLog{f}
+	defer f.Close()
+	cmd.Stderr = f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &lbProc{cmd: cmd, logPath: f.Name(), exited: make(chan error, 1)}
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for _, pid := range others {
+			if *pid > 0 && alive(*pid) {
+				_ = syscall.Kill(*pid, syscall.SIGKILL)
+			}
+		}
+		if t.Failed() {
+			t.Logf("balancer log:\n%s", p.log())
+		}
+	})
+	return p
 }
 
-func (l procLog) String() string {
-	b, _ := os.ReadFile(l.f.Name())
+func (p *lbProc) log() string {
+	b, _ := os.ReadFile(p.logPath)
 	return string(b)
+}
+
+// started waits for the balancer to start and returns the address of its
+// listener (http or https).
+func (p *lbProc) started(t *testing.T, listener string) string {
+	t.Helper()
+	re := regexp.MustCompile(`msg="load balancer started" .*\b` + listener + `=(\S+)`)
+	addr := ""
+	testenv.WaitFor(t, 30*time.Second, "the balancer to start", func() error {
+		if m := re.FindStringSubmatch(p.log()); m != nil {
+			addr = m[1]
+			return nil
+		}
+		return errors.New("not started")
+	})
+	return addr
+}
+
+// waitLog waits until the log holds s.
+func (p *lbProc) waitLog(t *testing.T, timeout time.Duration, s string) {
+	t.Helper()
+	testenv.WaitFor(t, timeout, fmt.Sprintf("%q in the log", s), func() error {
+		if !strings.Contains(p.log(), s) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+}
+
+// exitedOK waits for the process to exit 0.
+func (p *lbProc) exitedOK(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("%s exited with %v", what, err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("%s did not exit", what)
+	}
+}
+
+// plainLBConfig writes an lb.toml with an HTTP listener at httpAddr, one
+// route x.test to service svc and no registration of its own.
+func plainLBConfig(t *testing.T, httpAddr, consulAddr string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "lb.toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(`[listen]
+http = %q
+admin = "127.0.0.1:0"
+[consul]
+address = %q
+register = false
+[[routes]]
+hosts = ["x.test"]
+service = "svc"
+port = "service"
+`, httpAddr, consulAddr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // alive tells whether pid runs (a zombie does not).
@@ -234,38 +321,11 @@ port = "service"
 		t.Fatal(err)
 	}
 	notify, states := notifySocket(t)
-	// The log is a file: the new process inherits it as stderr and
-	// outlives the old one, so a pipe (exec's copy of it to a buffer)
-	// would not end with the old process.
-	stderr := logFile(t)
 	cmd := exec.Command(bin, "lb", "--config", path)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
-	cmd.Stderr = stderr.f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	newPid := 0
-	t.Cleanup(func() {
-		for _, pid := range []int{cmd.Process.Pid, newPid} {
-			if pid > 0 && alive(pid) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		if t.Failed() {
-			t.Logf("balancer log:\n%s", stderr.String())
-		}
-	})
-	addr := ""
-	started := regexp.MustCompile(`msg="load balancer started" http=\S+ https=(\S+)`)
-	testenv.WaitFor(t, 30*time.Second, "the balancer to start", func() error {
-		if m := started.FindStringSubmatch(stderr.String()); m != nil {
-			addr = m[1]
-			return nil
-		}
-		return errors.New("not started")
-	})
+	proc := startLBProc(t, cmd, &newPid)
+	addr := proc.started(t, "https")
 	waitState(t, states, "READY=1")
 	var transports []*http.Transport
 	for _, h2 := range []bool{false, false, true, true} {
@@ -283,17 +343,12 @@ port = "service"
 	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 90*time.Second, "the failed upgrade to be logged", func() error {
-		if !strings.Contains(stderr.String(), "upgrade failed; this process serves on") {
-			return errors.New("not yet")
-		}
-		return nil
-	})
-	if !strings.Contains(stderr.String(), "policy") {
-		t.Errorf("the new process's configuration error is not in the log:\n%s", stderr.String())
+	proc.waitLog(t, 90*time.Second, "upgrade failed; this process serves on")
+	if !strings.Contains(proc.log(), "routes[0].policy") {
+		t.Errorf("the new process's configuration error is not in the log")
 	}
 	select {
-	case err := <-exited:
+	case err := <-proc.exited:
 		t.Fatalf("the balancer exited after a failed upgrade: %v", err)
 	default:
 	}
@@ -307,15 +362,8 @@ port = "service"
 	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("the old balancer exited with %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("the old balancer did not exit after the upgrade")
-	}
-	m := regexp.MustCompile(`new_pid=(\d+)`).FindStringSubmatch(stderr.String())
+	proc.exitedOK(t, "the old balancer")
+	m := regexp.MustCompile(`new_pid=(\d+)`).FindStringSubmatch(proc.log())
 	if m == nil {
 		t.Fatalf("no new_pid in the log")
 	}
@@ -340,7 +388,7 @@ port = "service"
 		}
 		return nil
 	})
-	if strings.Contains(stderr.String(), "deregistered from consul") {
+	if strings.Contains(proc.log(), "deregistered from consul") {
 		t.Error("the old process deregistered the balancer")
 	}
 
@@ -362,61 +410,22 @@ func TestLBUpgradeRefusedUnderNomad(t *testing.T) {
 	bin := gwnomadBin(t)
 	st := testenv.Consul(t)
 	registerBackend(t, st.ConsulAPI(), "svc", "backend-1")
-	path := filepath.Join(t.TempDir(), "lb.toml")
-	if err := os.WriteFile(path, []byte(fmt.Sprintf(`[listen]
-http = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[consul]
-address = %q
-register = false
-[[routes]]
-hosts = ["x.test"]
-service = "svc"
-port = "service"
-`, st.Consul.HTTPAddr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stderr := logFile(t)
-	cmd := exec.Command(bin, "lb", "--config", path)
+	cmd := exec.Command(bin, "lb", "--config", plainLBConfig(t, "127.0.0.1:0", st.Consul.HTTPAddr))
 	cmd.Env = append(os.Environ(), "NOMAD_ALLOC_ID=0b9f1e3c-test")
-	cmd.Stderr = stderr.f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("balancer log:\n%s", stderr.String())
-		}
-	})
-	addr := ""
-	started := regexp.MustCompile(`msg="load balancer started" http=(\S+)`)
-	testenv.WaitFor(t, 30*time.Second, "the balancer to start", func() error {
-		if m := started.FindStringSubmatch(stderr.String()); m != nil {
-			addr = m[1]
-			return nil
-		}
-		return errors.New("not started")
-	})
+	proc := startLBProc(t, cmd)
+	addr := proc.started(t, "http")
 	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 30*time.Second, "the refusal to be logged", func() error {
-		if !strings.Contains(stderr.String(), "no upgrade in place under Nomad") {
-			return errors.New("not yet")
-		}
-		return nil
-	})
-	if strings.Contains(stderr.String(), "started a new process") {
+	proc.waitLog(t, 30*time.Second, "no upgrade in place under Nomad")
+	if strings.Contains(proc.log(), "started a new process") {
 		t.Error("a new process was started under Nomad")
 	}
 	ld := startLoad("http://"+addr, "x.test")
 	ld.waitOK(t, 100, "answers after the refused upgrade")
 	ld.finish(t)
 	select {
-	case err := <-exited:
+	case err := <-proc.exited:
 		t.Fatalf("the balancer exited: %v", err)
 	default:
 	}
@@ -440,39 +449,14 @@ func TestLBSocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	path := filepath.Join(t.TempDir(), "lb.toml")
-	if err := os.WriteFile(path, []byte(fmt.Sprintf(`[listen]
-http = %q
-admin = "127.0.0.1:0"
-[consul]
-address = %q
-register = false
-[[routes]]
-hosts = ["x.test"]
-service = "svc"
-port = "service"
-`, ln.Addr().String(), st.Consul.HTTPAddr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	path := plainLBConfig(t, ln.Addr().String(), st.Consul.HTTPAddr)
 	notify, states := notifySocket(t)
-	stderr := logFile(t)
 	// systemd sets LISTEN_PID to the pid it execs; the shell's pid is the
 	// one gwnomad gets.
 	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin, "lb", "--config", path)
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+notify)
 	cmd.ExtraFiles = []*os.File{f}
-	cmd.Stderr = stderr.f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("balancer log:\n%s", stderr.String())
-		}
-	})
+	proc := startLBProc(t, cmd)
 	waitState(t, states, "READY=1")
 	req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
 	req.Host = "x.test"
@@ -485,18 +469,11 @@ port = "service"
 	if resp.StatusCode != 200 || string(body) != "backend-1" {
 		t.Fatalf("answer %d %q", resp.StatusCode, body)
 	}
-	if !strings.Contains(stderr.String(), "serving inherited sockets") {
+	if !strings.Contains(proc.log(), "serving inherited sockets") {
 		t.Errorf("no word of the inherited socket in the log")
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("did not stop")
-	}
+	proc.exitedOK(t, "the balancer")
 }
