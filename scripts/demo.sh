@@ -52,7 +52,9 @@ storage_key_file = "$PWD/$DEMO/lb-storage.key"
 [log]
 access_log = "$PWD/$DEMO/logs/lb-access.log"
 TOML
-setsid bin/gwnomad lb --config "$DEMO/lb.toml" > "$DEMO/logs/lb.log" 2>&1 < /dev/null &
+# --pid-file: after an upgrade (kill -USR2) the file names the new process,
+# so that make demo-down stops the right one.
+setsid bin/gwnomad lb --config "$DEMO/lb.toml" --pid-file "$DEMO/lb.pid" > "$DEMO/logs/lb.log" 2>&1 < /dev/null &
 echo $! > "$DEMO/lb.pid"
 
 URL="https://$HOST/pizzashack/1.0.0/menu"
@@ -76,5 +78,6 @@ The stack is up. Look around:
   through the LB       ${CURL[*]} $URL
   LB routing table     curl -s http://127.0.0.1:9901/routes
   LB access log        tail $DEMO/logs/lb-access.log   (kill -HUP \$(cat $DEMO/lb.pid) reopens it)
+  LB upgrade in place  kill -USR2 \$(cat $DEMO/lb.pid)   (a new process takes the sockets; see $DEMO/logs/lb.log)
   stop everything      make demo-down
 TXT

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -65,6 +66,7 @@ Examples:
   gwnomad lb --route gw.am.wso2.com=apim-gateway --http :8080 --access-log -
   gwnomad lb --config lb.toml --tls-mode files --cert gw.crt --key gw.key --https :8443
   gwnomad lb --config lb.toml --check     # validate; print every key with its value, defaults included
+  gwnomad lb --config lb.toml --pid-file /run/gwnomad-lb.pid   # then: kill -USR2 $(cat /run/gwnomad-lb.pid)
   GWNOMAD_LB_STORAGE_KEY=$(cat /etc/gwnomad/storage.key) \
     gwnomad lb --config lb.toml --tls-mode acme --acme-email sre@example.com
 
@@ -101,6 +103,7 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logLevel  = fs.String("log-level", "", "`level`: debug | info | warn | error")
 		noReg     = fs.Bool("no-register", false, "do not register the balancer itself in Consul")
 		check     = fs.Bool("check", false, "validate the configuration, print it, and exit")
+		pidFile   = fs.String("pid-file", "", "write the process id to `path` once serving (an upgrade's new process writes its own)")
 		routes    routeFlags
 	)
 	fs.Var(&routes, "route", "add a route `host=service` (repeatable; port passthru_http, policy p2c)")
@@ -201,6 +204,14 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gwnomad lb: %v\n", err)
 		return exitFailed
 	}
+	// The pid file first: a balancer handing over exits once it hears
+	// ready, and the file must name this process by then.
+	if *pidFile != "" {
+		if err := writePidFile(*pidFile); err != nil {
+			log.Error("writing the pid file", "err", err)
+		}
+		defer removePidFile(*pidFile)
+	}
 	if err := lb.Ready(in); err != nil {
 		log.Warn("could not report ready", "err", err)
 	}
@@ -248,6 +259,24 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// writePidFile writes this process's id to path (through a temporary file,
+// so a reader never sees it half-written).
+func writePidFile(path string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// removePidFile removes path if it still names this process (after an
+// upgrade it names the new one).
+func removePidFile(path string) {
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		_ = os.Remove(path)
+	}
 }
 
 // routeFlags collects --route host=service.

@@ -179,10 +179,10 @@ type lbProc struct {
 	exited  chan error
 }
 
-// startLBProc starts cmd with its stderr in a file; at the end of the test
-// it kills the process (and the pids in others, when set) and prints the
-// log if the test failed.
-func startLBProc(t *testing.T, cmd *exec.Cmd, others ...*int) *lbProc {
+// startLBProc starts cmd with its stderr in a file, in a process group of
+// its own; at the end of the test it kills the group (with any process an
+// upgrade started) and prints the log if the test failed.
+func startLBProc(t *testing.T, cmd *exec.Cmd) *lbProc {
 	t.Helper()
 	f, err := os.Create(filepath.Join(t.TempDir(), "stderr.log"))
 	if err != nil {
@@ -190,18 +190,14 @@ func startLBProc(t *testing.T, cmd *exec.Cmd, others ...*int) *lbProc {
 	}
 	defer f.Close()
 	cmd.Stderr = f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	p := &lbProc{cmd: cmd, logPath: f.Name(), exited: make(chan error, 1)}
 	go func() { p.exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		for _, pid := range others {
-			if *pid > 0 && alive(*pid) {
-				_ = syscall.Kill(*pid, syscall.SIGKILL)
-			}
-		}
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		if t.Failed() {
 			t.Logf("balancer log:\n%s", p.log())
 		}
@@ -321,12 +317,14 @@ port = "service"
 		t.Fatal(err)
 	}
 	notify, states := notifySocket(t)
-	cmd := exec.Command(bin, "lb", "--config", path)
+	pidFile := filepath.Join(dir, "lb.pid")
+	cmd := exec.Command(bin, "lb", "--config", path, "--pid-file", pidFile)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	newPid := 0
-	proc := startLBProc(t, cmd, &newPid)
+	proc := startLBProc(t, cmd)
 	addr := proc.started(t, "https")
 	waitState(t, states, "READY=1")
+	wantPidFile(t, pidFile, cmd.Process.Pid)
 	var transports []*http.Transport
 	for _, h2 := range []bool{false, false, true, true} {
 		transports = append(transports, &http.Transport{
@@ -372,6 +370,7 @@ port = "service"
 	if !alive(newPid) {
 		t.Fatalf("the new process %d does not run", newPid)
 	}
+	wantPidFile(t, pidFile, newPid) // the old one left it alone on its way out
 	n = ld.ok.Load()
 	ld.waitOK(t, n+300, "answers from the new process alone")
 	ld.finish(t)
@@ -402,6 +401,21 @@ port = "service"
 		}
 		return nil
 	})
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the pid file is still there after the last process stopped: %v", err)
+	}
+}
+
+// wantPidFile checks that the pid file names pid.
+func wantPidFile(t *testing.T, path string, pid int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(pid) {
+		t.Fatalf("pid file %s holds %q, want %d", path, got, pid)
+	}
 }
 
 // Under Nomad (NOMAD_ALLOC_ID set) SIGUSR2 starts no process: the task's
