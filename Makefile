@@ -63,7 +63,7 @@ clean:
 	rm -rf $(BIN) .demo
 
 # gwnomad lb vs HAProxy, Caddy and direct (wrk); tables into BENCHMARKS.md.
-# About 9 minutes; see BENCHMARKS.md.
+# About 13 minutes; see BENCHMARKS.md.
 bench: build tools
 	bench/run.sh $(BENCH_ARGS)
 
