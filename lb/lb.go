@@ -177,7 +177,8 @@ type LB struct {
 	upgrading                atomic.Bool // an Upgrade runs or succeeded
 	handedOver               atomic.Bool // a new process serves our sockets
 	fast                     *fasthttp.Server
-	redirectSrv              *http.Server // :80 when TLS is on
+	loop                     *proxy.LoopServer // instead of fast, with [proxy] engine = "event-loop"
+	redirectSrv              *http.Server      // :80 when TLS is on
 	tlsSrv                   *proxy.TLSServer
 	adminSrv                 *http.Server
 
@@ -457,6 +458,9 @@ func (l *LB) Start(ctx context.Context) error {
 			ErrorLog: slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 		}
 		l.wg.Go(func() { l.serveErr("http", l.redirectSrv.Serve(l.httpLn)) })
+	case l.httpLn != nil && cfg.Proxy.Engine == "event-loop":
+		l.loop = l.proxy.NewLoopServer(sopt)
+		l.wg.Go(func() { l.serveErr("http", l.loop.Serve(l.httpLn)) })
 	case l.httpLn != nil:
 		l.fast = l.proxy.NewFastServer(sopt)
 		l.wg.Go(func() { l.serveErr("http", l.fast.Serve(proxy.Listener{Listener: l.httpLn})) })
@@ -540,6 +544,13 @@ func (l *LB) drain(stopRegister context.CancelFunc, regDone <-chan struct{}) {
 	if l.fast != nil {
 		wg.Go(func() {
 			if err := l.fast.ShutdownWithContext(grace); err != nil {
+				l.log.Warn("http: requests still in flight at the end of the grace period", "err", err)
+			}
+		})
+	}
+	if l.loop != nil {
+		wg.Go(func() {
+			if err := l.loop.Shutdown(grace); err != nil {
 				l.log.Warn("http: requests still in flight at the end of the grace period", "err", err)
 			}
 		})

@@ -26,6 +26,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -133,6 +134,12 @@ type Proxy struct {
 	// goes away first; new requests are still served for this long (so that
 	// whatever is in front stops sending) before the listeners close.
 	DrainDelay Duration `toml:"drain_delay"` // default "0s"
+	// Engine serves plain HTTP/1.1 (listen.http without TLS): "goroutines"
+	// (fasthttp, a goroutine per connection) or "event-loop" (an event
+	// loop per processor, Linux only: less CPU per request; connections
+	// with what it does not serve itself are handed to the goroutines,
+	// see lb/proxy/loop_linux.go). TLS is always served by goroutines.
+	Engine string `toml:"engine"` // default "goroutines"
 }
 
 // Health is passive health checking: what the request path itself sees.
@@ -264,6 +271,7 @@ func Default() *Config {
 			MaxBufferedResponseBytes: 4 << 20,
 			MaxConnsPerUpstream:      1024,
 			GracePeriod:              Duration(30 * time.Second),
+			Engine:                   "goroutines",
 		},
 		Health: Health{
 			ConsecutiveFailures: 3,
@@ -442,6 +450,15 @@ func (c *Config) Validate() error {
 	atLeast("proxy.max_conns_per_upstream", c.Proxy.MaxConnsPerUpstream, 0)
 	atLeast("proxy.max_conns", c.Proxy.MaxConns, 0)
 	positive("proxy.dial_timeout", c.Proxy.DialTimeout)
+	switch c.Proxy.Engine {
+	case "goroutines":
+	case "event-loop":
+		if runtime.GOOS != "linux" {
+			bad("proxy.engine", "\"event-loop\" needs Linux (epoll)")
+		}
+	default:
+		bad("proxy.engine", "%q: want \"goroutines\" or \"event-loop\"", c.Proxy.Engine)
+	}
 	positive("proxy.upstream_timeout", c.Proxy.UpstreamTimeout)
 	for _, s := range c.Proxy.TrustedProxies {
 		if _, err := parseTrusted(s); err != nil {

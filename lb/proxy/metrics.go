@@ -13,6 +13,11 @@ type Metrics struct {
 	Ejections       *prometheus.CounterVec   // route, instance
 	NoRoute         prometheus.Counter
 	BudgetExhausted prometheus.Counter
+	// LoopHandoffs: connections the event-loop engine gave to the
+	// goroutine engine (loop_linux.go, L3 and L4), by why.
+	LoopHandoffs *prometheus.CounterVec // why: "request", "answer"
+	handRequest  prometheus.Counter
+	handAnswer   prometheus.Counter
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -40,9 +45,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BudgetExhausted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gwnomad_lb_retry_budget_exhausted_total", Help: "Retries not made because the retry budget was spent.",
 		}),
+		LoopHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gwnomad_lb_event_loop_handoffs_total",
+			Help: "Client connections the event-loop engine handed to the goroutine engine, by why: a request it does not serve itself (a body, an upgrade, ...) or an answer it does not hold whole (chunked, large).",
+		}, []string{"why"}),
 	}
+	m.handRequest = m.LoopHandoffs.WithLabelValues("request")
+	m.handAnswer = m.LoopHandoffs.WithLabelValues("answer")
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.LoopHandoffs)
 	}
 	return m
 }

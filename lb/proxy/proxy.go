@@ -47,6 +47,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -161,6 +162,11 @@ type upstreamExt struct {
 	codes     [numCodes]prometheus.Counter
 	ejections prometheus.Counter
 	dial      func() (net.Conn, error) // for upgrades
+	// The event-loop engine's view (loop_linux.go): the gateway's address
+	// if it is an IP (invalid: a name, which the loops do not resolve),
+	// and the connections the loops hold to it.
+	addr      netip.AddrPort
+	loopConns atomic.Int32
 }
 
 // OnRoute makes a route's Ext (balancer.Builder.OnRoute).
@@ -259,6 +265,7 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 			ConnPoolStrategy: fasthttp.LIFO,
 		},
 	}
+	x.addr, _ = netip.ParseAddrPort(u.Addr)
 	for c := range x.codes {
 		x.codes[c] = p.m.Requests.WithLabelValues(name, u.Addr, codeLabels[c])
 	}

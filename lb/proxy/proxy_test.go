@@ -41,29 +41,57 @@ func staticSnap(addrs ...string) map[discovery.Query]*discovery.Snapshot {
 	return map[discovery.Query]*discovery.Snapshot{s.Query: s}
 }
 
+// testLoop makes startLB serve with the event-loop engine
+// (TestLoopEngine) instead of the goroutine one.
+var testLoop bool
+
 type testLB struct {
 	p    *Proxy
 	b    *balancer.Builder
 	h    *balancer.Holder
 	addr string
 	url  string
+	loop *LoopServer // with testLoop
 }
 
 func startLB(t *testing.T, opt Options, backends ...string) *testLB {
+	t.Helper()
+	return startLBWith(t, opt, ServerOptions{ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: 5 * time.Second, MaxHeaderBytes: 4096, MaxBodyBytes: 1 << 20}, backends...)
+}
+
+func startLBWith(t *testing.T, opt Options, sopt ServerOptions, backends ...string) *testLB {
 	t.Helper()
 	h := &balancer.Holder{}
 	p := New(h, opt)
 	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com", "127.0.0.1"}, Policy: "round_robin"}}, testHealth)
 	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
 	h.Store(b.Build(staticSnap(backends...)))
-	srv := p.NewFastServer(ServerOptions{ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: 5 * time.Second, MaxHeaderBytes: 4096, MaxBodyBytes: 1 << 20})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return &testLB{p: p, b: b, h: h, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
+	var loop *LoopServer
+	if testLoop {
+		srv := p.NewLoopServer(sopt)
+		loop = srv
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		t.Cleanup(func() {
+			ctx, cancel := contextWithTimeout(10 * time.Second)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Errorf("event loop: shutdown: %v", err)
+			}
+			if err := <-served; err != nil {
+				t.Errorf("event loop: serve: %v", err)
+			}
+		})
+	} else {
+		srv := p.NewFastServer(sopt)
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(func() { _ = srv.Shutdown() })
+	}
+	return &testLB{p: p, b: b, h: h, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), loop: loop}
 }
 
 // backend answers with its name and echoes what it saw as headers.

@@ -1,0 +1,24 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// LoopServer is the event-loop engine, which needs Linux (epoll); the
+// configuration refuses it elsewhere (proxy.engine).
+type LoopServer struct{}
+
+// NewLoopServer returns a server whose Serve fails.
+func (p *Proxy) NewLoopServer(ServerOptions) *LoopServer { return &LoopServer{} }
+
+// Serve fails: there is no event loop here.
+func (*LoopServer) Serve(net.Listener) error {
+	return errors.New("event loop: needs Linux (epoll)")
+}
+
+// Shutdown does nothing.
+func (*LoopServer) Shutdown(context.Context) error { return nil }
