@@ -89,6 +89,7 @@ type options struct {
 	noHalf      bool
 	lbEnv       string
 	hapThreads  int
+	engine      string
 }
 
 func main() {
@@ -108,6 +109,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.noHalf, "no-half", false, "skip the half-load latency runs")
 	flag.IntVar(&o.hapThreads, "haproxy-threads", 2, "HAProxy's nbthread (experiments)")
+	flag.StringVar(&o.engine, "gwnomad-engine", "event-loop", "gwnomad's [proxy] engine for plain HTTP: event-loop or goroutines (TLS is served by goroutines either way)")
 	flag.StringVar(&o.lbEnv, "gwnomad-env", "", "extra environment of the gwnomad process, comma-separated (experiments, e.g. GOMAXPROCS=1)")
 	flag.Parse()
 	o.targets = strings.Split(targets, ",")
@@ -231,7 +233,7 @@ func (r *rig) setup(ctx context.Context, o options) error {
 			if o.lbEnv != "" {
 				env = strings.Split(o.lbEnv, ",")
 			}
-			t, err = r.startGwnomad(ctx, o.profile != "", env, o.profileMode)
+			t, err = r.startGwnomad(ctx, o.profile != "", env, o.profileMode, o.engine)
 		case "haproxy":
 			t, err = r.startHAProxy(o.hapThreads)
 		case "caddy":
@@ -401,7 +403,7 @@ func freePorts(n int) ([]int, error) { return devstack.FreePorts(n) }
 // ACME challenges and redirects to HTTPS (308), so plain HTTP proxying is
 // measured on a second process with tls.mode off. In-process (profiling)
 // runs one balancer: the plain one, or the TLS one for -profile-mode tls.
-func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string, profileMode string) (*target, error) {
+func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string, profileMode, engine string) (*target, error) {
 	accessLog := filepath.Join(r.dir, "gwnomad-access.log")
 	t := &target{name: "gwnomad", accessLog: accessLog}
 	for _, mode := range []string{"plain", "tls"} {
@@ -431,6 +433,9 @@ service_id = "gwnomad-lb-bench-%s"
 [tls]
 %s
 
+[proxy]
+engine = %q
+
 [log]
 level = "warn"
 access_log = %q
@@ -440,7 +445,7 @@ hosts = ["*"]
 service = "apim-gateway"
 port = "passthru_http"
 policy = "round_robin"
-`, mode, listen, r.stack.Consul.HTTPAddr, mode, tlsCfg, accessLog+"."+mode)
+`, mode, listen, r.stack.Consul.HTTPAddr, mode, tlsCfg, engine, accessLog+"."+mode)
 		file := filepath.Join(r.dir, "lb-"+mode+".toml")
 		if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 			return nil, err

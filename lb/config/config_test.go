@@ -63,6 +63,7 @@ mode = "files"
 [proxy]
 tries = 0
 trusted_proxies = ["10.0.0.0/8", "nope"]
+engine = "epoll"
 [[routes]]
 hosts = ["a"]
 [[routes]]
@@ -86,11 +87,12 @@ redact_query = ["apikey", "a=b"]
 		`lb.toml:2:1: tls.mode: "files" needs cert_file and key_file`,
 		`lb.toml:4:1: proxy.tries: must be at least 1 (got 0)`,
 		`lb.toml:5:1: proxy.trusted_proxies: "nope": want a CIDR or an address`,
-		`lb.toml:9:1: routes[1].hosts: "A" already in routes[0]`,
-		`lb.toml:10:1: routes[1].policy: "random": want one of round_robin, least_conn, p2c`,
-		`lb.toml:11:1: routes[1].port: 99999: out of range (1..65535)`,
-		`lb.toml:12:1: routes[1].scheme: "ftp": want http or https`,
-		`lb.toml:14:1: log.redact_query: "a=b": want a query parameter name`,
+		`lb.toml:6:1: proxy.engine: "epoll": want "goroutines" or "event-loop"`,
+		`lb.toml:10:1: routes[1].hosts: "A" already in routes[0]`,
+		`lb.toml:11:1: routes[1].policy: "random": want one of round_robin, least_conn, p2c`,
+		`lb.toml:12:1: routes[1].port: 99999: out of range (1..65535)`,
+		`lb.toml:13:1: routes[1].scheme: "ftp": want http or https`,
+		`lb.toml:15:1: log.redact_query: "a=b": want a query parameter name`,
 	}
 	err = cfg.Validate()
 	if err == nil {

@@ -445,3 +445,20 @@ func TestLoopChunkedInPlace(t *testing.T) {
 		}
 	}
 }
+
+// A gateway registered by name is resolved when it appears (the loops do
+// not resolve): requests reach it from the loop.
+func TestLoopGatewayByName(t *testing.T) {
+	a := backend(t, "a", 200)
+	_, port, _ := net.SplitHostPort(addr(a))
+	lb := startLoop(t, Options{}, loopSopt, net.JoinHostPort("localhost", port))
+	for i := range 3 {
+		resp := do(t, "GET", lb.url+"/", "gw.example.com", "", nil)
+		if body := readBody(t, resp); resp.StatusCode != 200 || body != "a:" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	if r, an := handoffs(t, lb); r != 0 || an != 0 {
+		t.Errorf("handed over %v/%v connections, want none", r, an)
+	}
+}

@@ -28,10 +28,17 @@ const idleClientsEnv = "GWNOMAD_IDLE_CLIENTS" // "addr count" for the helper pro
 // metrics) and 10,000 idle keep-alive client connections (each after one
 // request), held by a helper process so that the descriptors of both ends
 // do not share one limit. Metrics: heap bytes per instance, heap+stack
-// bytes per idle connection, and the process's RSS growth per connection.
+// bytes per idle connection, and the process's RSS growth per connection;
+// for each engine.
 //
 //	go test ./lb/proxy -run '^$' -bench Memory -benchtime 1x
 func BenchmarkMemory1000Instances10kIdleConns(b *testing.B) {
+	for _, engine := range []string{"goroutines", "event-loop"} {
+		b.Run(engine, func(b *testing.B) { benchmarkMemory(b, engine == "event-loop") })
+	}
+}
+
+func benchmarkMemory(b *testing.B, loop bool) {
 	const instances, conns = 1000, 10000
 	raiseNoFile(b)
 	backend := fastBackend(b)
@@ -52,13 +59,24 @@ func BenchmarkMemory1000Instances10kIdleConns(b *testing.B) {
 	h.Store(bl.Build(map[discovery.Query]*discovery.Snapshot{s.Query: s}))
 	m1 := memNow()
 
-	srv := p.NewFastServer(ServerOptions{ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 5 * time.Minute, MaxHeaderBytes: 16 << 10, MaxBodyBytes: 1 << 20})
+	sopt := ServerOptions{ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 5 * time.Minute, MaxHeaderBytes: 16 << 10, MaxBodyBytes: 1 << 20}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() { _ = srv.Shutdown() })
+	if loop {
+		srv := p.NewLoopServer(sopt)
+		go func() { _ = srv.Serve(ln) }()
+		b.Cleanup(func() {
+			ctx, cancel := contextWithTimeout(10 * time.Second)
+			defer cancel()
+			_ = srv.Shutdown(ctx)
+		})
+	} else {
+		srv := p.NewFastServer(sopt)
+		go func() { _ = srv.Serve(ln) }()
+		b.Cleanup(func() { _ = srv.Shutdown() })
+	}
 	m2 := memNow()
 
 	exe, err := os.Executable()

@@ -1,6 +1,12 @@
 // Package proxy is the load balancer's request path: from a client's
 // request to a gateway's answer.
 //
+// On the plain listener an event loop per processor serves, by default,
+// the HTTP/1.1 requests without a body and the answers it can hold
+// (loop_linux.go and its siblings: client, gateway and hand-off sides);
+// it hands every other connection to the path below, which serves TLS
+// and everything else.
+//
 // HTTP/1.1 runs on fasthttp (server and keep-alive pools to the gateways),
 // which keeps a request's CPU cost and allocations near zero; connections
 // that negotiate h2 over TLS are served by net/http's HTTP/2 server and join
@@ -39,6 +45,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -46,6 +53,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -265,11 +273,42 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 			ConnPoolStrategy: fasthttp.LIFO,
 		},
 	}
-	x.addr, _ = netip.ParseAddrPort(u.Addr)
+	x.addr = gatewayAddr(u.Addr, dialTimeout)
 	for c := range x.codes {
 		x.codes[c] = p.m.Requests.WithLabelValues(name, u.Addr, codeLabels[c])
 	}
 	u.Ext = x
+}
+
+// gatewayAddr is addr as an IP and port for the event-loop engine, which
+// does not resolve names: a name is resolved now, to its first IPv4
+// address (else its first address); invalid if that fails.
+func gatewayAddr(addr string, timeout time.Duration) netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.AddrPort{}
+	}
+	ip := ips[0]
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			ip = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(pn))
 }
 
 // OnGone forgets an upstream's metrics and closes its idle connections

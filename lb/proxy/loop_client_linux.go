@@ -1,0 +1,382 @@
+package proxy
+
+// The client side of a loop: reading requests, writing answers (rules L2,
+// L5 of loop_linux.go).
+
+import (
+	"bufio"
+	"bytes"
+	"net/netip"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+
+	"github.com/gwnomad/gwnomad/lb/balancer"
+)
+
+// client is a client connection.
+type client struct {
+	fd         int
+	seq        int32
+	state      uint8
+	readable   bool // an edge came that was not read to its end
+	closeAfter bool
+	remote     netip.Addr
+	buf        []byte // read and not served yet: a partial head, or pipelined requests
+	out        []byte // the part of an answer the socket did not take at once
+	deadline   int64  // unix nanoseconds; 0: none
+	x          *exchange
+}
+
+const (
+	cIdle    = iota // between requests, or reading one
+	cBusy           // its request is at a gateway
+	cWriting        // its answer is being written
+)
+
+// exchange is one request and its answer, from the head's arrival to the
+// answer's last byte.
+type exchange struct {
+	hdr       fasthttp.RequestHeader
+	resp      fasthttp.ResponseHeader
+	head      []byte // the request head as sent to the gateways
+	route     *balancer.Route
+	tried     balancer.Tried
+	tries     int
+	up        *balancer.Upstream
+	err       error
+	none      bool
+	noRoute   bool
+	idem      bool
+	isHead    bool
+	staleTry  bool // L6 was used for this try
+	start     time.Time
+	code      int
+	bytes     int
+	gw        *gateway
+	bodyStart int // in the gateway's buffer
+	total     int // head and body, once known
+	interim   int
+	headed    bool // the final answer's head is in
+	// A chunked answer is decoded in place as its chunks come: the next
+	// chunk's size line is at bodyStart+scan, its data goes to
+	// bodyStart+dec.
+	chunked bool
+	trailer int // trailer lines read, +1 (0: not in the trailer)
+	scan    int
+	dec     int
+}
+
+var exchanges = sync.Pool{New: func() any { return new(exchange) }}
+
+func getExchange() *exchange { return exchanges.Get().(*exchange) }
+
+func putExchange(x *exchange) {
+	x.hdr.Reset()
+	x.resp.Reset()
+	x.head = x.head[:0]
+	x.route, x.tried, x.tries, x.up, x.err = nil, balancer.Tried{}, 0, nil, nil
+	x.none, x.noRoute, x.idem, x.isHead, x.staleTry = false, false, false, false, false
+	x.start, x.code, x.bytes, x.gw = time.Time{}, 0, 0, nil
+	x.bodyStart, x.total, x.interim, x.headed = 0, 0, 0, false
+	x.chunked, x.trailer, x.scan, x.dec = false, 0, 0, 0
+	exchanges.Put(x)
+}
+
+func (lp *loop) clientEvent(c *client, ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.readable = true
+	}
+	if c.state == cWriting {
+		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			lp.flush(c)
+		}
+		return
+	}
+	if c.state == cIdle {
+		lp.serveClient(c)
+	}
+}
+
+// serveClient serves c's requests while they are buffered or readable.
+func (lp *loop) serveClient(c *client) {
+	for c.state == cIdle {
+		if len(c.buf) > 0 && headLen(c.buf) > 0 {
+			lp.request(c, c.buf)
+			continue
+		}
+		if !c.readable {
+			return
+		}
+		k := copy(lp.rbuf, c.buf)
+		n, err := unix.Read(c.fd, lp.rbuf[k:])
+		switch {
+		case err == unix.EAGAIN:
+			c.readable = false
+			return
+		case err == unix.EINTR:
+			continue
+		case err != nil || n == 0:
+			lp.closeClient(c)
+			return
+		}
+		if n < len(lp.rbuf)-k {
+			c.readable = false // a short read emptied the socket; the next byte brings an edge
+		}
+		if k == 0 && len(c.buf) == 0 {
+			c.deadline = lp.after(lp.s.opt.ReadTimeout) // a request begins
+		}
+		lp.request(c, lp.rbuf[:k+n])
+	}
+}
+
+// headLen is the length of the head at the start of b, up to and with the
+// empty line that ends it; -1 while incomplete.
+func headLen(b []byte) int {
+	if i := bytes.Index(b, crlfcrlf); i >= 0 {
+		if j := bytes.Index(b[:i], lflf); j >= 0 {
+			return j + 2
+		}
+		return i + 4
+	}
+	if j := bytes.Index(b, lflf); j >= 0 {
+		return j + 2
+	}
+	if j := bytes.Index(b, lfcrlf); j >= 0 {
+		return j + 3
+	}
+	return -1
+}
+
+var (
+	crlfcrlf = []byte("\r\n\r\n")
+	lflf     = []byte("\n\n")
+	lfcrlf   = []byte("\n\r\n")
+)
+
+// request takes the next request from data, c's unserved bytes (which may
+// be c.buf itself).
+func (lp *loop) request(c *client, data []byte) {
+	h := headLen(data)
+	if h < 0 {
+		if len(data) > lp.s.maxHead {
+			lp.handOff(c, data) // fasthttp answers 431
+			return
+		}
+		c.buf = append(c.buf[:0], data...)
+		return
+	}
+	x := getExchange()
+	var r *balancer.Route
+	ok := lp.parse(func(br *bufio.Reader) error { return x.hdr.Read(br) }, data[:h]) == nil && servable(&x.hdr)
+	if ok {
+		if t := lp.p.table.Load(); t != nil {
+			r = t.Match(x.hdr.Host())
+		}
+		ok = r == nil || r.Ext.(*routeExt).tls == nil
+	}
+	if !ok {
+		putExchange(x)
+		lp.handOff(c, data)
+		return
+	}
+	c.buf = append(c.buf[:0], data[h:]...)
+	c.x, c.state, c.deadline = x, cBusy, 0
+	if x.hdr.ConnectionClose() {
+		c.closeAfter = true
+	}
+	x.start, x.route = lp.now, r
+	if r == nil {
+		x.noRoute = true
+		lp.answer.Reset()
+		lp.answer.Header.SetContentType("text/plain; charset=utf-8")
+		lp.answer.SetStatusCode(fasthttp.StatusNotFound)
+		lp.answer.SetBodyString("gwnomad-lb: no route for this host\n")
+		lp.replyOwn(c)
+		return
+	}
+	stripHopRequest(&x.hdr, false)
+	lp.p.setForwarded(&x.hdr, c.remote, false)
+	x.head = x.hdr.AppendBytes(x.head[:0])
+	x.idem = idempotent(x.hdr.Method())
+	x.isHead = x.hdr.IsHead()
+	lp.p.budget.request(lp.now.Unix())
+	lp.try(c, x)
+}
+
+// servable: what a loop serves itself (L2).
+func servable(h *fasthttp.RequestHeader) bool {
+	uri := h.RequestURI()
+	cl := h.ContentLength() // -2: neither Content-Length nor Transfer-Encoding, no body
+	return h.IsHTTP11() && (cl == 0 || cl == -2) && len(uri) > 0 && uri[0] == '/' &&
+		!h.ConnectionUpgrade() && len(h.Peek("Upgrade")) == 0 && len(h.Peek("Expect")) == 0 &&
+		len(h.Peek("Transfer-Encoding")) == 0
+}
+
+// parse runs read (a header's Read) on b.
+func (lp *loop) parse(read func(*bufio.Reader) error, b []byte) error {
+	lp.rd.Reset(b)
+	lp.br.Reset(&lp.rd)
+	return read(lp.br)
+}
+
+// replyError answers for the gateways (rule 7).
+func (lp *loop) replyError(c *client, x *exchange) {
+	o := outcome{up: x.up, err: x.err, none: x.none}
+	lp.p.writeError(&lp.answer, &o)
+	lp.replyOwn(c)
+}
+
+// replyOwn writes lp.answer, the balancer's own answer.
+func (lp *loop) replyOwn(c *client) {
+	x := c.x
+	if c.closeAfter || lp.stopped {
+		lp.answer.SetConnectionClose()
+	}
+	x.code = lp.answer.StatusCode()
+	body := lp.answer.Body()
+	x.bytes = len(body)
+	lp.answer.Header.SetContentLength(len(body))
+	lp.hbuf = lp.answer.Header.AppendBytes(lp.hbuf[:0])
+	lp.reply(c, lp.hbuf, body)
+}
+
+// reply writes head and body to c, records the request, and goes on with
+// c's next one.
+func (lp *loop) reply(c *client, head, body []byte) {
+	x := c.x
+	lp.record(c, x)
+	c.x = nil
+	putExchange(x)
+	c.state = cWriting
+	c.deadline = lp.after(lp.s.opt.WriteTimeout)
+	n, err := lp.writev(c.fd, head, body)
+	switch {
+	case err == unix.EAGAIN:
+		n = 0
+	case err != nil:
+		lp.closeClient(c)
+		return
+	}
+	if n < len(head)+len(body) {
+		// The rest waits for the socket; it must outlive the buffers.
+		if n < len(head) {
+			c.out = append(append(c.out[:0], head[n:]...), body...)
+		} else {
+			c.out = append(c.out[:0], body[n-len(head):]...)
+		}
+		return
+	}
+	lp.written(c)
+}
+
+func (lp *loop) writeRaw(c *client, b []byte) {
+	c.closeAfter = true
+	c.state = cWriting
+	c.deadline = lp.after(time.Second)
+	c.out = append(c.out[:0], b...)
+	lp.flush(c)
+}
+
+// writev writes head and body in one system call (x/sys's Writev
+// allocates its iovecs; these are the loop's).
+func (lp *loop) writev(fd int, head, body []byte) (int, error) {
+	for {
+		if len(body) == 0 {
+			n, err := unix.Write(fd, head)
+			if err == unix.EINTR {
+				continue
+			}
+			return n, err
+		}
+		lp.iov[0].Base, lp.iov[1].Base = &head[0], &body[0]
+		lp.iov[0].SetLen(len(head))
+		lp.iov[1].SetLen(len(body))
+		n, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&lp.iov[0])), 2)
+		lp.iov[0].Base, lp.iov[1].Base = nil, nil
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, e
+	}
+}
+
+// flush writes c's pending answer.
+func (lp *loop) flush(c *client) {
+	for len(c.out) > 0 {
+		n, err := unix.Write(c.fd, c.out)
+		switch {
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			lp.closeClient(c)
+			return
+		}
+		c.out = c.out[n:]
+	}
+	if cap(c.out) > loopKeepBuffer {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	lp.written(c)
+}
+
+// written: the answer is out; c's next request, or its end.
+func (lp *loop) written(c *client) {
+	if c.closeAfter || lp.stopped && len(c.buf) == 0 {
+		lp.closeClient(c)
+		return
+	}
+	c.state = cIdle
+	if len(c.buf) > 0 {
+		c.deadline = lp.after(lp.s.opt.ReadTimeout)
+	} else {
+		c.deadline = lp.after(lp.s.idleTimeout())
+	}
+	lp.serveClient(c)
+}
+
+func (lp *loop) closeClient(c *client) {
+	if c.fd < 0 {
+		return
+	}
+	if x := c.x; x != nil {
+		if x.gw != nil {
+			lp.release(x.gw, false)
+		}
+		c.x = nil
+		putExchange(x)
+	}
+	lp.forget(c.fd)
+	unix.Close(c.fd)
+	c.fd = -1
+	lp.clients--
+}
+
+// record counts the request and writes its access-log line.
+func (lp *loop) record(c *client, x *exchange) {
+	p := lp.p
+	var r *balancer.Route
+	if !x.noRoute {
+		r = x.route
+	}
+	o := outcome{up: x.up, tries: x.tries, err: x.err, none: x.none, noRoute: x.noRoute}
+	d := time.Since(x.start)
+	p.recordDur(r, &o, x.code, d)
+	if p.opt.AccessLog != nil {
+		p.opt.AccessLog.Write(&Entry{
+			Start: x.start, Duration: d, Remote: c.remote, Method: x.hdr.Method(), Host: x.hdr.Host(),
+			URI: x.hdr.RequestURI(), Proto: x.hdr.Protocol(), Status: x.code, Bytes: x.bytes,
+			Route: r, Upstream: x.up, Tries: x.tries, Err: x.err,
+		})
+	}
+}

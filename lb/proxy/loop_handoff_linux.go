@@ -1,0 +1,225 @@
+package proxy
+
+// What a loop gives to goroutines: connections with requests it does not
+// serve (L3), answers it does not hold (L4).
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+)
+
+// connOf takes fd out of the loop and makes it a net.Conn of Go's own
+// (net.FileConn duplicates it; the original is closed).
+func (lp *loop) connOf(fd int) (net.Conn, error) {
+	lp.forget(fd)
+	f := os.NewFile(uintptr(fd), "")
+	nc, err := net.FileConn(f)
+	f.Close()
+	return nc, err
+}
+
+// handOff gives c, with data (its bytes not served yet), to the goroutine
+// engine (L3).
+func (lp *loop) handOff(c *client, data []byte) {
+	lp.p.m.handRequest.Inc()
+	pre := bytes.Clone(data)
+	fd := c.fd
+	c.fd = -1
+	lp.clients--
+	nc, err := lp.connOf(fd)
+	if err != nil {
+		lp.p.log.Warn("event loop: handing a connection over failed", "err", err)
+		return
+	}
+	lp.s.deliver(&prefixConn{Conn: nc, pre: pre})
+}
+
+// deliver gives c to the goroutine engine, or closes it if that stopped.
+func (s *LoopServer) deliver(c net.Conn) {
+	go func() {
+		if !s.hand.deliver(c) {
+			c.Close()
+		}
+	}()
+}
+
+// prefixConn reads pre before the connection.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+// relay hands an answer the loop does not hold, with its client and
+// gateway connections, to a goroutine (L4).
+func (lp *loop) relay(g *gateway) {
+	c := g.c
+	x := c.x
+	lp.p.m.handAnswer.Inc()
+	lp.health(x, g.ux)
+	x.gw = nil
+	g.c = nil
+	rest := bytes.Clone(g.in[x.bodyStart+x.scan:])
+	held := bytes.Clone(g.in[x.bodyStart : x.bodyStart+x.dec]) // of a chunked answer: decoded already
+	pre := bytes.Clone(c.buf)
+	closeAfter := c.closeAfter || lp.stopped
+	cfd, gfd := c.fd, g.fd
+	c.fd, g.fd, c.x = -1, -1, nil
+	lp.clients--
+	cc, cerr := lp.connOf(cfd)
+	gc, gerr := lp.connOf(gfd)
+	ux := g.ux
+	if cerr != nil || gerr != nil {
+		for _, nc := range []net.Conn{cc, gc} {
+			if nc != nil {
+				nc.Close()
+			}
+		}
+		ux.loopConns.Add(-1)
+		x.up.Release()
+		lp.p.log.Warn("event loop: relaying an answer failed", "err", errors.Join(cerr, gerr))
+		putExchange(x)
+		return
+	}
+	s := lp.s
+	s.relays.Add(1)
+	go func() {
+		defer s.relays.Done()
+		defer ux.loopConns.Add(-1)
+		defer x.up.Release()
+		ok := s.relayAnswer(x, cc, gc, held, rest, closeAfter)
+		gc.Close()
+		if ok && !closeAfter {
+			s.deliver(&prefixConn{Conn: cc, pre: pre})
+		} else {
+			cc.Close()
+		}
+		putExchange(x)
+	}()
+}
+
+// relayAnswer writes the answer's head and body to the client. An answer
+// with a length too long for a loop is streamed as it comes; one without
+// (chunked, or ended by the gateway closing) is held up to
+// max_buffered_response_bytes and sent with its length, and streamed on
+// chunked past that (rule 8). True: the client connection can take its
+// next request.
+func (s *LoopServer) relayAnswer(x *exchange, client, gw net.Conn, held, rest []byte, closeAfter bool) bool {
+	p := s.p
+	cl := x.resp.ContentLength()
+	_ = gw.SetReadDeadline(x.start.Add(p.opt.UpstreamTimeout))
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(rest), gw), 32<<10)
+	var body io.Reader
+	switch cl {
+	case -1:
+		body = &chunkedBody{br: br}
+	case -2:
+		body = &untilCloseBody{br: br}
+	default:
+		body = &fixedBody{br: br, left: int64(cl)}
+	}
+	buf := make([]byte, 32<<10)
+	var err error
+	if cl < 0 {
+		limit := p.opt.MaxBufferedResponse
+		for {
+			var n int
+			n, err = body.Read(buf)
+			held = append(held, buf[:n]...)
+			if err == io.EOF {
+				err = nil
+				cl = len(held)
+				body = eofReader{}
+				break
+			}
+			if err != nil || (limit > 0 && len(held) > limit) {
+				break
+			}
+		}
+	}
+	if err == nil {
+		if s.opt.WriteTimeout > 0 {
+			_ = client.SetWriteDeadline(time.Now().Add(s.opt.WriteTimeout))
+		}
+		err = s.writeAnswer(x, client, body, buf, held, cl, closeAfter)
+	}
+	x.err = err
+	o := outcome{up: x.up, tries: x.tries, err: err}
+	d := time.Since(x.start)
+	p.recordDur(x.route, &o, x.code, d)
+	if p.opt.AccessLog != nil {
+		var remote netip.Addr
+		if ta, ok := client.RemoteAddr().(*net.TCPAddr); ok {
+			remote = ta.AddrPort().Addr().Unmap()
+		}
+		p.opt.AccessLog.Write(&Entry{
+			Start: x.start, Duration: d, Remote: remote, Method: x.hdr.Method(), Host: x.hdr.Host(),
+			URI: x.hdr.RequestURI(), Proto: x.hdr.Protocol(), Status: x.code, Bytes: x.bytes,
+			Route: x.route, Upstream: x.up, Tries: x.tries, Err: err,
+		})
+	}
+	if err != nil {
+		p.log.Debug("event loop: relaying an answer", "route", x.route.Name, "instance", x.up.Addr, "err", err)
+		return false
+	}
+	_ = client.SetWriteDeadline(time.Time{})
+	return true
+}
+
+// writeAnswer writes the head, then held, then the rest of body: with
+// length cl, or chunked when cl < 0.
+func (s *LoopServer) writeAnswer(x *exchange, client net.Conn, body io.Reader, buf, held []byte, cl int, closeAfter bool) error {
+	x.resp.SetContentLength(max(cl, -1))
+	stripHopResponse(&x.resp)
+	if closeAfter {
+		x.resp.SetConnectionClose()
+	}
+	bw := bufio.NewWriterSize(client, 32<<10)
+	if _, err := bw.Write(x.resp.AppendBytes(nil)); err != nil {
+		return err
+	}
+	chunked := cl < 0
+	write := func(b []byte) error {
+		if len(b) == 0 {
+			return nil
+		}
+		x.bytes += len(b)
+		if chunked {
+			_, _ = fmt.Fprintf(bw, "%x\r\n", len(b))
+		}
+		_, err := bw.Write(b)
+		if chunked && err == nil {
+			_, err = bw.WriteString("\r\n")
+		}
+		return err
+	}
+	if err := write(held); err != nil {
+		return err
+	}
+	for {
+		n, rerr := body.Read(buf)
+		if err := write(buf[:n]); err != nil {
+			return err
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if chunked {
+		if _, err := bw.WriteString("0\r\n\r\n"); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+type eofReader struct{}
