@@ -60,14 +60,9 @@ type exchange struct {
 	bodyStart int // in the gateway's buffer
 	total     int // head and body, once known
 	interim   int
-	headed    bool // the final answer's head is in
-	// A chunked answer is decoded in place as its chunks come: the next
-	// chunk's size line is at bodyStart+scan, its data goes to
-	// bodyStart+dec.
-	chunked bool
-	trailer int // trailer lines read, +1 (0: not in the trailer)
-	scan    int
-	dec     int
+	headed    bool       // the final answer's head is in
+	chunked   bool       // decoded in place as its chunks come
+	chunk     chunkState // in the gateway's buffer from bodyStart
 }
 
 var exchanges = sync.Pool{New: func() any { return new(exchange) }}
@@ -82,7 +77,7 @@ func putExchange(x *exchange) {
 	x.none, x.noRoute, x.idem, x.isHead, x.staleTry = false, false, false, false, false
 	x.start, x.code, x.bytes, x.gw = time.Time{}, 0, 0, nil
 	x.bodyStart, x.total, x.interim, x.headed = 0, 0, 0, false
-	x.chunked, x.trailer, x.scan, x.dec = false, 0, 0, 0
+	x.chunked, x.chunk = false, chunkState{}
 	exchanges.Put(x)
 }
 
@@ -112,7 +107,7 @@ func (lp *loop) serveClient(c *client) {
 			return
 		}
 		k := copy(lp.rbuf, c.buf)
-		n, err := unix.Read(c.fd, lp.rbuf[k:])
+		n, err := rawRead(c.fd, lp.rbuf[k:])
 		switch {
 		case err == unix.EAGAIN:
 			c.readable = false
@@ -286,7 +281,7 @@ func (lp *loop) writeRaw(c *client, b []byte) {
 func (lp *loop) writev(fd int, head, body []byte) (int, error) {
 	for {
 		if len(body) == 0 {
-			n, err := unix.Write(fd, head)
+			n, err := rawWrite(fd, head)
 			if err == unix.EINTR {
 				continue
 			}
@@ -295,7 +290,7 @@ func (lp *loop) writev(fd int, head, body []byte) (int, error) {
 		lp.iov[0].Base, lp.iov[1].Base = &head[0], &body[0]
 		lp.iov[0].SetLen(len(head))
 		lp.iov[1].SetLen(len(body))
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&lp.iov[0])), 2)
+		n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&lp.iov[0])), 2)
 		lp.iov[0].Base, lp.iov[1].Base = nil, nil
 		switch e {
 		case 0:
@@ -310,7 +305,7 @@ func (lp *loop) writev(fd int, head, body []byte) (int, error) {
 // flush writes c's pending answer.
 func (lp *loop) flush(c *client) {
 	for len(c.out) > 0 {
-		n, err := unix.Write(c.fd, c.out)
+		n, err := rawWrite(c.fd, c.out)
 		switch {
 		case err == unix.EAGAIN:
 			return

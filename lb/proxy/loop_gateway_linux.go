@@ -79,7 +79,7 @@ func (lp *loop) send(c *client, x *exchange, u *balancer.Upstream, fresh bool) b
 	u.Acquire()
 	g.c, x.gw = c, g
 	g.off, x.total, x.bodyStart, x.interim, x.headed = 0, 0, 0, 0, false
-	x.chunked, x.trailer, x.scan, x.dec = false, 0, 0, 0
+	x.chunked, x.chunk = false, chunkState{}
 	g.in = g.in[:0]
 	if g.state == gConnecting {
 		g.deadline = lp.after(lp.p.opt.DialTimeout)
@@ -243,7 +243,7 @@ func (lp *loop) gatewayEvent(g *gateway, ev uint32) {
 		// The gateway closed it, or sent what nobody asked for; or the
 		// edge was of an answer read already.
 		var b [1]byte
-		if _, err := unix.Read(g.fd, b[:]); err != unix.EAGAIN {
+		if _, err := rawRead(g.fd, b[:]); err != unix.EAGAIN {
 			lp.closeGateway(g)
 		}
 	case gBusy:
@@ -263,7 +263,7 @@ func (lp *loop) gatewayEvent(g *gateway, ev uint32) {
 func (lp *loop) writeGateway(g *gateway) bool {
 	head := g.c.x.head
 	for g.off < len(head) {
-		n, err := unix.Write(g.fd, head[g.off:])
+		n, err := rawWrite(g.fd, head[g.off:])
 		switch {
 		case err == unix.EAGAIN:
 			return false
@@ -287,7 +287,7 @@ func (lp *loop) readGateway(g *gateway) {
 			case x.chunked:
 				// Decoded in place: what is not decoded yet is the next
 				// chunks' framing and data.
-				size = min(size, x.bodyStart+x.dec+lp.s.maxAnswer+loopFirstBuffer)
+				size = min(size, x.bodyStart+x.chunk.dec+lp.s.maxAnswer+loopFirstBuffer)
 			case x.headed:
 				size = x.total
 			default:
@@ -304,7 +304,7 @@ func (lp *loop) readGateway(g *gateway) {
 			g.in = append(make([]byte, 0, size), g.in...)
 		}
 		free := cap(g.in) - len(g.in)
-		n, err := unix.Read(g.fd, g.in[len(g.in):cap(g.in)])
+		n, err := rawRead(g.fd, g.in[len(g.in):cap(g.in)])
 		switch {
 		case err == unix.EAGAIN:
 			return
@@ -423,53 +423,76 @@ func (lp *loop) answerHead(g *gateway) int {
 // headDone once the trailer's end is (x.total is then known).
 func (lp *loop) chunks(g *gateway) int {
 	x := g.c.x
-	b := g.in[x.bodyStart:]
+	done, err := decodeChunks(g.in[x.bodyStart:], &x.chunk, lp.s.maxAnswer)
+	switch {
+	case err == errChunksTooLong:
+		lp.relay(g)
+		return headGone
+	case err != nil:
+		lp.gatewayFailed(g, err)
+		return headGone
+	case !done:
+		return headMore
+	}
+	x.total = x.bodyStart + x.chunk.scan
+	return headDone
+}
+
+// chunkState is where decodeChunks is in a chunked body: the next size
+// (or trailer) line is at scan, the data decoded so far is at [0, dec),
+// trailer counts the trailer's lines (+1; 0: not in the trailer yet).
+type chunkState struct{ scan, dec, trailer int }
+
+var errChunksTooLong = errors.New("chunked answer: longer than a loop holds")
+
+// decodeChunks decodes the complete chunks of b, a chunked body from its
+// first byte, moving their data to the front of b; called again as more
+// of the body is appended, it goes on from st. True once the trailer's
+// empty line is in (the body's framing ends at st.scan). The rules are
+// body.go's chunkedBody's (FuzzLoopChunked holds them to it):
+// extensions ignored, the trailer read and dropped; errChunksTooLong
+// when the data would pass max.
+func decodeChunks(b []byte, st *chunkState, max int) (bool, error) {
 	for {
-		rest := b[x.scan:]
+		rest := b[st.scan:]
 		i := bytes.IndexByte(rest, '\n')
 		if i < 0 {
-			if len(rest) > loopGatewayHead {
-				lp.gatewayFailed(g, errChunkSize)
-				return headGone
+			if len(rest) >= loopGatewayHead {
+				return false, errChunkSize
 			}
-			return headMore
+			return false, nil
 		}
 		line := rest[:i+1]
-		if x.trailer > 0 { // trailer fields, read and dropped (as body.go does)
-			x.scan += len(line)
+		if st.trailer > 0 { // trailer fields, read and dropped
+			st.scan += len(line)
 			if string(line) == "\r\n" || string(line) == "\n" {
-				x.total = x.bodyStart + x.scan
-				return headDone
+				return true, nil
 			}
-			if x.trailer++; x.trailer > 101 {
-				lp.gatewayFailed(g, errTrailerLines)
-				return headGone
+			if st.trailer++; st.trailer > 100 {
+				return false, errTrailerLines
 			}
 			continue
 		}
 		size, ok := parseChunkSize(line)
 		switch {
 		case !ok:
-			lp.gatewayFailed(g, errChunkSize)
-			return headGone
+			return false, errChunkSize
 		case size == 0:
-			x.trailer = 1
-			x.scan += len(line)
+			st.trailer = 1
+			st.scan += len(line)
 			continue
-		case int64(x.dec)+size > int64(lp.s.maxAnswer):
-			lp.relay(g)
-			return headGone
+		case int64(st.dec)+size > int64(max):
+			return false, errChunksTooLong
 		}
 		end := len(line) + int(size)
 		if len(rest) < end+2 {
-			return headMore
+			return false, nil
 		}
 		if rest[end] != '\r' || rest[end+1] != '\n' {
-			lp.gatewayFailed(g, errChunkEnd)
-			return headGone
+			return false, errChunkEnd
 		}
-		x.dec += copy(b[x.dec:], rest[len(line):end])
-		x.scan += end + 2
+		st.dec += copy(b[st.dec:], rest[len(line):end])
+		st.scan += end + 2
 	}
 }
 
@@ -498,8 +521,8 @@ func (lp *loop) answered(g *gateway) {
 	}
 	body := g.in[x.bodyStart:x.total]
 	if x.chunked {
-		body = g.in[x.bodyStart : x.bodyStart+x.dec]
-		x.resp.SetContentLength(x.dec)
+		body = g.in[x.bodyStart : x.bodyStart+x.chunk.dec]
+		x.resp.SetContentLength(x.chunk.dec)
 	}
 	lp.hbuf = x.resp.AppendBytes(lp.hbuf[:0])
 	x.bytes = len(body)

@@ -65,8 +65,8 @@ func (lp *loop) relay(g *gateway) {
 	lp.health(x, g.ux)
 	x.gw = nil
 	g.c = nil
-	rest := bytes.Clone(g.in[x.bodyStart+x.scan:])
-	held := bytes.Clone(g.in[x.bodyStart : x.bodyStart+x.dec]) // of a chunked answer: decoded already
+	rest := bytes.Clone(g.in[x.bodyStart+x.chunk.scan:])
+	held := bytes.Clone(g.in[x.bodyStart : x.bodyStart+x.chunk.dec]) // of a chunked answer: decoded already
 	pre := bytes.Clone(c.buf)
 	closeAfter := c.closeAfter || lp.stopped
 	cfd, gfd := c.fd, g.fd

@@ -462,3 +462,63 @@ func TestLoopGatewayByName(t *testing.T) {
 		t.Errorf("handed over %v/%v connections, want none", r, an)
 	}
 }
+
+// FuzzLoopChunked holds the loops' in-place chunked decoder to body.go's
+// chunkedBody: fed the same bytes in pieces of any size (as reads bring
+// them), it decodes the same body and ends at the same byte, or both
+// fail; any data in any chunk size comes back the same.
+func FuzzLoopChunked(f *testing.F) {
+	f.Add([]byte("hello world"), uint8(3), uint8(1), []byte("5\r\nhello\r\n0\r\n\r\n"))
+	f.Add([]byte(""), uint8(0), uint8(7), []byte("1;a=b\r\nx\r\n0\r\nT: v\r\n\r\n"))
+	f.Add([]byte("x"), uint8(1), uint8(2), []byte("2\r\nab\n0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte, step, piece uint8, raw []byte) {
+		body, _, err := loopDecode(chunk(data, int(step)+1), int(piece)+1)
+		if err != nil || !bytes.Equal(body, data) {
+			t.Fatalf("%d bytes in chunks of %d, read %d at a time: got %d bytes, %v", len(data), int(step)+1, int(piece)+1, len(body), err)
+		}
+		enc := append(bytes.Clone(raw), "NEXT"...)
+		body, end, err := loopDecode(enc, int(piece)+1)
+		ref, after, rerr := refDecode(enc)
+		if (err == nil) != (rerr == nil) {
+			t.Fatalf("%q: loop decoder %v, chunkedBody %v", raw, err, rerr)
+		}
+		if err == nil && (!bytes.Equal(body, ref) || string(enc[end:]) != string(after)) {
+			t.Fatalf("%q: loop decoder %q then %q, chunkedBody %q then %q", raw, body, enc[end:], ref, after)
+		}
+	})
+}
+
+// loopDecode feeds enc to decodeChunks piece bytes at a time, as reads
+// append to a gateway connection's buffer.
+func loopDecode(enc []byte, piece int) (body []byte, end int, err error) {
+	var st chunkState
+	var buf []byte
+	for n := 0; ; {
+		done, err := decodeChunks(buf, &st, 1<<30)
+		if err != nil {
+			return nil, 0, err
+		}
+		if done {
+			return buf[:st.dec], st.scan, nil
+		}
+		if n == len(enc) {
+			return nil, 0, io.ErrUnexpectedEOF
+		}
+		k := min(piece, len(enc)-n)
+		buf = append(buf, enc[n:n+k]...)
+		n += k
+	}
+}
+
+// refDecode is body.go's chunkedBody on enc, with a reader as large as the
+// loops' line limit.
+func refDecode(enc []byte) (body, after []byte, err error) {
+	br := bufio.NewReaderSize(bytes.NewReader(enc), loopGatewayHead+1)
+	cb := chunkedBody{br: br}
+	body, err = io.ReadAll(&cb)
+	if err != nil {
+		return nil, nil, err
+	}
+	after, _ = io.ReadAll(br)
+	return body, after, nil
+}
