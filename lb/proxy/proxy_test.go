@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,6 +47,10 @@ func staticSnap(addrs ...string) map[discovery.Query]*discovery.Snapshot {
 // (TestLoopEngine) instead of the goroutine one.
 var testLoop bool
 
+// testSndBuf, if set, is the send buffer of the balancer's client sockets
+// in startLB: small, answers take many writes.
+var testSndBuf int
+
 type testLB struct {
 	p    *Proxy
 	b    *balancer.Builder
@@ -66,7 +72,13 @@ func startLBWith(t *testing.T, opt Options, sopt ServerOptions, backends ...stri
 	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com", "127.0.0.1"}, Policy: "round_robin"}}, testHealth)
 	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
 	h.Store(b.Build(staticSnap(backends...)))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	lc := net.ListenConfig{}
+	if testSndBuf > 0 { // accepted sockets inherit it, without autotuning
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf) })
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
