@@ -358,8 +358,11 @@ func (lp *loop) closeClient(c *client) {
 }
 
 // record counts the request and writes its access-log line.
-func (lp *loop) record(c *client, x *exchange) {
-	p := lp.p
+func (lp *loop) record(c *client, x *exchange) { lp.p.recordExchange(c.remote, x) }
+
+// recordExchange counts x and writes its access-log line; the loops and
+// the relays (loop_handoff_linux.go) both record through it.
+func (p *Proxy) recordExchange(remote netip.Addr, x *exchange) {
 	var r *balancer.Route
 	if !x.noRoute {
 		r = x.route
@@ -369,7 +372,7 @@ func (lp *loop) record(c *client, x *exchange) {
 	p.recordDur(r, &o, x.code, d)
 	if p.opt.AccessLog != nil {
 		p.opt.AccessLog.Write(&Entry{
-			Start: x.start, Duration: d, Remote: c.remote, Method: x.hdr.Method(), Host: x.hdr.Host(),
+			Start: x.start, Duration: d, Remote: remote, Method: x.hdr.Method(), Host: x.hdr.Host(),
 			URI: x.hdr.RequestURI(), Proto: x.hdr.Protocol(), Status: x.code, Bytes: x.bytes,
 			Route: r, Upstream: x.up, Tries: x.tries, Err: x.err,
 		})

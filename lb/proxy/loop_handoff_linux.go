@@ -69,6 +69,7 @@ func (lp *loop) relay(g *gateway) {
 	held := bytes.Clone(g.in[x.bodyStart : x.bodyStart+x.chunk.dec]) // of a chunked answer: decoded already
 	pre := bytes.Clone(c.buf)
 	closeAfter := c.closeAfter || lp.stopped
+	remote := c.remote
 	cfd, gfd := c.fd, g.fd
 	c.fd, g.fd, c.x = -1, -1, nil
 	lp.clients--
@@ -93,7 +94,7 @@ func (lp *loop) relay(g *gateway) {
 		defer s.relays.Done()
 		defer ux.loopConns.Add(-1)
 		defer x.up.Release()
-		ok := s.relayAnswer(x, cc, gc, held, rest, closeAfter)
+		ok := s.relayAnswer(x, remote, cc, gc, held, rest, closeAfter)
 		gc.Close()
 		if ok && !closeAfter {
 			s.deliver(&prefixConn{Conn: cc, pre: pre})
@@ -110,7 +111,7 @@ func (lp *loop) relay(g *gateway) {
 // max_buffered_response_bytes and sent with its length, and streamed on
 // chunked past that (rule 8). True: the client connection can take its
 // next request.
-func (s *LoopServer) relayAnswer(x *exchange, client, gw net.Conn, held, rest []byte, closeAfter bool) bool {
+func (s *LoopServer) relayAnswer(x *exchange, remote netip.Addr, client, gw net.Conn, held, rest []byte, closeAfter bool) bool {
 	p := s.p
 	cl := x.resp.ContentLength()
 	_ = gw.SetReadDeadline(x.start.Add(p.opt.UpstreamTimeout))
@@ -150,20 +151,7 @@ func (s *LoopServer) relayAnswer(x *exchange, client, gw net.Conn, held, rest []
 		err = s.writeAnswer(x, client, body, buf, held, cl, closeAfter)
 	}
 	x.err = err
-	o := outcome{up: x.up, tries: x.tries, err: err}
-	d := time.Since(x.start)
-	p.recordDur(x.route, &o, x.code, d)
-	if p.opt.AccessLog != nil {
-		var remote netip.Addr
-		if ta, ok := client.RemoteAddr().(*net.TCPAddr); ok {
-			remote = ta.AddrPort().Addr().Unmap()
-		}
-		p.opt.AccessLog.Write(&Entry{
-			Start: x.start, Duration: d, Remote: remote, Method: x.hdr.Method(), Host: x.hdr.Host(),
-			URI: x.hdr.RequestURI(), Proto: x.hdr.Protocol(), Status: x.code, Bytes: x.bytes,
-			Route: x.route, Upstream: x.up, Tries: x.tries, Err: err,
-		})
-	}
+	p.recordExchange(remote, x)
 	if err != nil {
 		p.log.Debug("event loop: relaying an answer", "route", x.route.Name, "instance", x.up.Addr, "err", err)
 		return false

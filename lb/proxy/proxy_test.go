@@ -75,7 +75,9 @@ func startLBWith(t *testing.T, opt Options, sopt ServerOptions, backends ...stri
 	lc := net.ListenConfig{}
 	if testSndBuf > 0 { // accepted sockets inherit it, without autotuning
 		lc.Control = func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf) })
+			return rc.Control(func(fd uintptr) {
+				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf)
+			})
 		}
 	}
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
