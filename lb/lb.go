@@ -466,9 +466,15 @@ func (l *LB) Start(ctx context.Context) error {
 		l.wg.Go(func() { l.serveErr("http", l.fast.Serve(proxy.Listener{Listener: l.httpLn})) })
 	}
 	if l.httpsLn != nil {
+		if l.loop == nil && cfg.Proxy.Engine == "event-loop" {
+			// The loops serve the HTTPS listener's HTTP/1.1 connections
+			// after their handshake, and no plain listener.
+			l.loop = l.proxy.NewLoopServer(sopt)
+			l.wg.Go(func() { l.serveErr("https", l.loop.Serve(nil)) })
+		}
 		l.tlsSrv = &proxy.TLSServer{
 			Fast: l.proxy.NewFastServer(sopt), Handler: l.proxy, Config: l.tlsConfig,
-			IdleTimeout: cfg.Proxy.IdleTimeout.D(), Logger: l.log,
+			IdleTimeout: cfg.Proxy.IdleTimeout.D(), Logger: l.log, Loop: l.loop,
 		}
 		l.wg.Go(func() { l.serveErr("https", l.tlsSrv.Serve(l.httpsLn)) })
 	}

@@ -134,12 +134,12 @@ type Proxy struct {
 	// goes away first; new requests are still served for this long (so that
 	// whatever is in front stops sending) before the listeners close.
 	DrainDelay Duration `toml:"drain_delay"` // default "0s"
-	// Engine serves plain HTTP/1.1 (listen.http without TLS):
-	// "event-loop" (an event loop per processor, Linux only: about a
-	// fifth less CPU per request; it serves bodyless requests and the
-	// answers it can hold, and hands any other connection to the
-	// goroutines, see lb/proxy/loop_linux.go) or "goroutines" (fasthttp,
-	// a goroutine per connection, for everything). TLS is served by
+	// Engine serves HTTP/1.1, plain and over TLS after the handshake:
+	// "event-loop" (an event loop per processor, Linux only: less CPU per
+	// request; it serves bodyless requests and the answers it can hold,
+	// and hands any other connection to the goroutines, see
+	// lb/proxy/loop_linux.go) or "goroutines" (fasthttp, a goroutine per
+	// connection, for everything). TLS handshakes and HTTP/2 are served by
 	// goroutines either way.
 	Engine string `toml:"engine"` // default "event-loop" on Linux, else "goroutines"
 }

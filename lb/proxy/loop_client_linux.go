@@ -6,6 +6,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/netip"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ type client struct {
 	remote     netip.Addr
 	buf        []byte // read and not served yet: a partial head, or pipelined requests
 	out        []byte // the part of an answer the socket did not take at once
+	tls        *tlsLink // over TLS (L8); nil: plain
 	deadline   int64  // unix nanoseconds; 0: none
 	x          *exchange
 }
@@ -107,24 +109,45 @@ func (lp *loop) serveClient(c *client) {
 			return
 		}
 		k := copy(lp.rbuf, c.buf)
-		n, err := rawRead(c.fd, lp.rbuf[k:])
+		n, err := lp.readClient(c, lp.rbuf[k:])
 		switch {
 		case err == unix.EAGAIN:
-			c.readable = false
 			return
-		case err == unix.EINTR:
-			continue
-		case err != nil || n == 0:
+		case err != nil:
 			lp.closeClient(c)
 			return
-		}
-		if n < len(lp.rbuf)-k {
-			c.readable = false // a short read emptied the socket; the next byte brings an edge
 		}
 		if k == 0 && len(c.buf) == 0 {
 			c.deadline = lp.after(lp.s.opt.ReadTimeout) // a request begins
 		}
 		lp.request(c, lp.rbuf[:k+n])
+	}
+}
+
+// readClient reads c's next bytes into p: n > 0, or an error; EAGAIN
+// when there are none now (c.readable is false then: the next byte brings
+// an edge).
+func (lp *loop) readClient(c *client, p []byte) (int, error) {
+	if c.tls != nil {
+		return lp.readTLS(c, p)
+	}
+	for {
+		n, err := rawRead(c.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			c.readable = false
+			return 0, err
+		case err != nil:
+			return 0, err
+		case n == 0:
+			return 0, io.EOF
+		}
+		if n < len(p) {
+			c.readable = false // a short read emptied the socket
+		}
+		return n, nil
 	}
 }
 
@@ -194,7 +217,7 @@ func (lp *loop) request(c *client, data []byte) {
 		return
 	}
 	stripHopRequest(&x.hdr, false)
-	lp.p.setForwarded(&x.hdr, c.remote, false)
+	lp.p.setForwarded(&x.hdr, c.remote, c.tls != nil)
 	x.head = x.hdr.AppendBytes(x.head[:0])
 	x.idem = idempotent(x.hdr.Method())
 	x.isHead = x.hdr.IsHead()
@@ -222,6 +245,9 @@ func (lp *loop) parse(read func(*bufio.Reader) error, b []byte) error {
 func (lp *loop) replyError(c *client, x *exchange) {
 	o := outcome{up: x.up, err: x.err, none: x.none}
 	lp.p.writeError(&lp.answer, &o)
+	if c.tls != nil && lp.p.opt.HSTS != "" {
+		lp.answer.Header.Set("Strict-Transport-Security", lp.p.opt.HSTS)
+	}
 	lp.replyOwn(c)
 }
 
@@ -248,6 +274,12 @@ func (lp *loop) reply(c *client, head, body []byte) {
 	putExchange(x)
 	c.state = cWriting
 	c.deadline = lp.after(lp.s.opt.WriteTimeout)
+	if c.tls != nil {
+		if head, body = lp.seal(c, head, body), nil; head == nil {
+			lp.closeClient(c)
+			return
+		}
+	}
 	n, err := lp.writev(c.fd, head, body)
 	switch {
 	case err == unix.EAGAIN:
@@ -272,7 +304,14 @@ func (lp *loop) writeRaw(c *client, b []byte) {
 	c.closeAfter = true
 	c.state = cWriting
 	c.deadline = lp.after(time.Second)
-	c.out = append(c.out[:0], b...)
+	if c.tls != nil {
+		if _, err := c.tls.tc.Write(b); err != nil { // appended to c.out
+			lp.closeClient(c)
+			return
+		}
+	} else {
+		c.out = append(c.out[:0], b...)
+	}
 	lp.flush(c)
 }
 
@@ -350,6 +389,9 @@ func (lp *loop) closeClient(c *client) {
 		}
 		c.x = nil
 		putExchange(x)
+	}
+	if c.tls != nil {
+		lp.goodbye(c)
 	}
 	lp.forget(c.fd)
 	unix.Close(c.fd)

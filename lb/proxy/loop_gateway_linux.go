@@ -519,6 +519,9 @@ func (lp *loop) answered(g *gateway) {
 	if c.closeAfter || lp.stopped {
 		x.resp.SetConnectionClose()
 	}
+	if c.tls != nil && lp.p.opt.HSTS != "" {
+		x.resp.Set("Strict-Transport-Security", lp.p.opt.HSTS)
+	}
 	body := g.in[x.bodyStart:x.total]
 	if x.chunked {
 		body = g.in[x.bodyStart : x.bodyStart+x.chunk.dec]

@@ -6,6 +6,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -30,21 +31,40 @@ func (lp *loop) connOf(fd int) (net.Conn, error) {
 func (lp *loop) handOff(c *client, data []byte) {
 	lp.p.m.handRequest.Inc()
 	pre := bytes.Clone(data)
+	nc, hand, err := lp.detach(c)
+	if err != nil {
+		lp.p.log.Warn("event loop: handing a connection over failed", "err", err)
+		return
+	}
+	lp.s.deliver(nc, pre, hand)
+}
+
+// detach takes c out of the loop: its connection for goroutines (a
+// *tls.Conn over TLS), and the goroutine engine that serves it next.
+func (lp *loop) detach(c *client) (net.Conn, *chanListener, error) {
 	fd := c.fd
 	c.fd = -1
 	lp.clients--
 	nc, err := lp.connOf(fd)
 	if err != nil {
-		lp.p.log.Warn("event loop: handing a connection over failed", "err", err)
-		return
+		return nil, nil, err
 	}
-	lp.s.deliver(&prefixConn{Conn: nc, pre: pre})
+	if c.tls != nil {
+		return detachTLS(c, nc), c.tls.hand, nil
+	}
+	return nc, lp.s.hand, nil
 }
 
-// deliver gives c to the goroutine engine, or closes it if that stopped.
-func (s *LoopServer) deliver(c net.Conn) {
+// deliver gives c, to be read after pre, to the goroutine engine hand, or
+// closes it if that stopped.
+func (s *LoopServer) deliver(c net.Conn, pre []byte, hand *chanListener) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = &tlsPrefixConn{Conn: tc, pre: pre}
+	} else {
+		c = &prefixConn{Conn: c, pre: pre}
+	}
 	go func() {
-		if !s.hand.deliver(c) {
+		if !hand.deliver(c) {
 			c.Close()
 		}
 	}()
@@ -70,10 +90,9 @@ func (lp *loop) relay(g *gateway) {
 	pre := bytes.Clone(c.buf)
 	closeAfter := c.closeAfter || lp.stopped
 	remote := c.remote
-	cfd, gfd := c.fd, g.fd
-	c.fd, g.fd, c.x = -1, -1, nil
-	lp.clients--
-	cc, cerr := lp.connOf(cfd)
+	gfd := g.fd
+	g.fd, c.x = -1, nil
+	cc, hand, cerr := lp.detach(c)
 	gc, gerr := lp.connOf(gfd)
 	ux := g.ux
 	if cerr != nil || gerr != nil {
@@ -97,7 +116,7 @@ func (lp *loop) relay(g *gateway) {
 		ok := s.relayAnswer(x, remote, cc, gc, held, rest, closeAfter)
 		gc.Close()
 		if ok && !closeAfter {
-			s.deliver(&prefixConn{Conn: cc, pre: pre})
+			s.deliver(cc, pre, hand)
 		} else {
 			cc.Close()
 		}

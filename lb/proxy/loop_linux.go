@@ -63,6 +63,12 @@ import (
 //      connections, answer the requests in flight with Connection: close
 //      and stop once no client connection is left; then the goroutine
 //      engine drains what was handed to it.
+//  L8. Over TLS, the TLS server does the handshake on a goroutine; a
+//      connection that negotiated HTTP/1.1 is then adopted by a loop (the
+//      next, in turn), which reads and writes its socket under crypto/tls
+//      (loop_tls_linux.go) by L1–L7. What it hands over (L3, L4) goes to
+//      that TLS server's goroutine engine, still a TLS connection. h2
+//      connections stay with net/http.
 
 const (
 	loopMaxAnswer   = 1 << 20                // the most a loop buffers of one answer (L2)
@@ -84,8 +90,9 @@ type LoopServer struct {
 
 	mu       sync.Mutex
 	serving  bool
-	ln       net.Listener
-	lnfd     int
+	ln       net.Listener // nil: the loops serve adopted TLS connections only
+	lnfd     int          // -1 without ln
+	next     int          // the loop that adopts next (L8)
 	loops    []*loop
 	done     chan struct{} // closed when Serve's loops all returned
 	stopping atomic.Bool
@@ -108,36 +115,47 @@ func (p *Proxy) NewLoopServer(o ServerOptions) *LoopServer {
 	return s
 }
 
-// Serve accepts on ln until Shutdown. ln must be a TCP listener (its file
-// descriptor is shared with the loops).
+// Serve accepts on ln, and serves the TLS connections given to AdoptTLS,
+// until Shutdown. ln must be a TCP listener (its file descriptor is shared
+// with the loops), or nil: TLS connections only.
 func (s *LoopServer) Serve(ln net.Listener) error {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return fmt.Errorf("event loop: listener %T has no file descriptor", ln)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("event loop: %w", err)
+	var rc syscall.RawConn
+	if ln != nil {
+		sc, ok := ln.(syscall.Conn)
+		if !ok {
+			return fmt.Errorf("event loop: listener %T has no file descriptor", ln)
+		}
+		var err error
+		if rc, err = sc.SyscallConn(); err != nil {
+			return fmt.Errorf("event loop: %w", err)
+		}
 	}
 	s.mu.Lock()
 	if s.stopping.Load() || s.serving {
 		s.mu.Unlock()
 		return http.ErrServerClosed
 	}
-	var dupErr error
-	if err := rc.Control(func(fd uintptr) { s.lnfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || dupErr != nil {
-		s.mu.Unlock()
-		return fmt.Errorf("event loop: duplicating the listener: %w", errors.Join(err, dupErr))
+	s.lnfd = -1
+	var addr net.Addr = &net.TCPAddr{}
+	if rc != nil {
+		var dupErr error
+		if err := rc.Control(func(fd uintptr) { s.lnfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || dupErr != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("event loop: duplicating the listener: %w", errors.Join(err, dupErr))
+		}
+		addr = ln.Addr()
 	}
 	s.ln = ln
-	s.hand = newChanListener(ln.Addr())
+	s.hand = newChanListener(addr)
 	for range runtime.GOMAXPROCS(0) {
 		lp, err := newLoop(s)
 		if err != nil {
 			for _, lp := range s.loops {
 				lp.closeFds()
 			}
-			unix.Close(s.lnfd)
+			if s.lnfd >= 0 {
+				unix.Close(s.lnfd)
+			}
 			s.mu.Unlock()
 			return err
 		}
@@ -152,7 +170,9 @@ func (s *LoopServer) Serve(ln net.Listener) error {
 		wg.Go(lp.run)
 	}
 	wg.Wait()
-	unix.Close(s.lnfd)
+	if s.lnfd >= 0 {
+		unix.Close(s.lnfd)
+	}
 	close(s.done)
 	return nil
 }
@@ -180,7 +200,9 @@ func (s *LoopServer) Shutdown(ctx context.Context) error {
 			<-s.done
 			err = ctx.Err()
 		}
-		_ = s.ln.Close()
+		if s.ln != nil {
+			_ = s.ln.Close()
+		}
 	}
 	if ferr := s.fast.ShutdownWithContext(ctx); ferr != nil && err == nil {
 		err = ferr
@@ -217,6 +239,11 @@ type loop struct {
 	answer    fasthttp.Response // error answers
 	rd        bytes.Reader
 	br        *bufio.Reader // heads are parsed from it
+	plain     []byte        // an answer to seal (TLS)
+	sealed    []byte        // and sealed
+
+	amu   sync.Mutex
+	adopt []*tlsLink // TLS connections given to this loop (L8)
 }
 
 func newLoop(s *LoopServer) (*loop, error) {
@@ -254,6 +281,10 @@ func (lp *loop) closeFds() {
 // loop per connection, not all.
 func (lp *loop) listen() error {
 	fd := lp.s.lnfd
+	if fd < 0 {
+		lp.lnOff = true
+		return nil
+	}
 	if err := unix.EpollCtl(lp.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(fd)}); err != nil {
 		return fmt.Errorf("event loop: adding the listener: %w", err)
 	}
@@ -262,7 +293,7 @@ func (lp *loop) listen() error {
 }
 
 func (lp *loop) unlisten() {
-	if !lp.lnOff {
+	if !lp.lnOff && lp.s.lnfd >= 0 {
 		_ = unix.EpollCtl(lp.ep, unix.EPOLL_CTL_DEL, lp.s.lnfd, nil)
 		lp.lnOff = true
 	}
@@ -303,6 +334,7 @@ func (lp *loop) run() {
 			case fd == lp.ev:
 				var b [8]byte
 				_, _ = unix.Read(lp.ev, b[:])
+				lp.adoptAll()
 				lp.state()
 			case fd == lp.s.lnfd:
 				lp.accept()
@@ -329,6 +361,7 @@ func (lp *loop) run() {
 			lp.closeGateway(g)
 		}
 	}
+	lp.dropAdopted()
 }
 
 // state applies Shutdown (L7).
@@ -431,7 +464,7 @@ func sockaddrIP(sa unix.Sockaddr) netip.Addr {
 
 // sweep applies the timeouts (L5).
 func (lp *loop) sweep() {
-	if lp.lnOff && !lp.stopped {
+	if lp.lnOff && !lp.stopped && lp.s.lnfd >= 0 {
 		if err := lp.listen(); err != nil {
 			lp.p.log.Warn("event loop: listening again failed", "err", err)
 		}

@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 )
@@ -22,3 +23,9 @@ func (*LoopServer) Serve(net.Listener) error {
 
 // Shutdown does nothing.
 func (*LoopServer) Shutdown(context.Context) error { return nil }
+
+// AdoptTLS takes nothing.
+func (*LoopServer) AdoptTLS(*tls.Conn, *chanListener) bool { return false }
+
+// NewTLSLink returns c.
+func NewTLSLink(c net.Conn) net.Conn { return c }

@@ -18,6 +18,9 @@ type Metrics struct {
 	LoopHandoffs *prometheus.CounterVec // why: "request", "answer"
 	handRequest  prometheus.Counter
 	handAnswer   prometheus.Counter
+	// LoopTLS: TLS connections an event loop took after the handshake
+	// (loop_linux.go, L8).
+	LoopTLS prometheus.Counter
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -49,11 +52,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gwnomad_lb_event_loop_handoffs_total",
 			Help: "Client connections the event-loop engine handed to the goroutine engine, by why: a request it does not serve itself (a body, an upgrade, ...) or an answer it does not hold whole (chunked, large).",
 		}, []string{"why"}),
+		LoopTLS: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gwnomad_lb_event_loop_tls_connections_total",
+			Help: "HTTPS connections (HTTP/1.1) served by the event-loop engine after their handshake; the others (h2, or the loops not serving) are the goroutines'.",
+		}),
 	}
 	m.handRequest = m.LoopHandoffs.WithLabelValues("request")
 	m.handAnswer = m.LoopHandoffs.WithLabelValues("answer")
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.LoopHandoffs)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.LoopHandoffs, m.LoopTLS)
 	}
 	return m
 }

@@ -88,6 +88,12 @@ type TLSServer struct {
 	HandshakeTimeout time.Duration // default 10s
 	IdleTimeout      time.Duration
 	Logger           *slog.Logger
+	// Loop, when set (the event-loop engine), serves the HTTP/1.1
+	// connections after their handshake (rule L8 of loop_linux.go); Fast
+	// then serves only what the loops hand over. Its Serve must be
+	// running (with or without a listener of its own) and its Shutdown is
+	// the caller's. Default nil: Fast serves them.
+	Loop *LoopServer
 
 	mu   sync.Mutex
 	ln   net.Listener
@@ -140,7 +146,11 @@ func (s *TLSServer) Serve(ln net.Listener) error {
 			return fmt.Errorf("tls listener: %w", err)
 		}
 		s.wg.Add(1)
-		go s.handshake(tls.Server(Wrap(c), cfg))
+		if s.Loop != nil {
+			go s.handshake(tls.Server(NewTLSLink(c), cfg))
+		} else {
+			go s.handshake(tls.Server(Wrap(c), cfg))
+		}
 	}
 }
 
@@ -162,6 +172,9 @@ func (s *TLSServer) handshake(tc *tls.Conn) {
 	case "acme-tls/1":
 		tc.Close()
 	default:
+		if s.Loop != nil && s.Loop.AdoptTLS(tc, s.ch) {
+			return
+		}
 		if !s.ch.deliver(tc) {
 			tc.Close()
 		}

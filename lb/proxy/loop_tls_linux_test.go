@@ -1,0 +1,358 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gwnomad/gwnomad/lb/balancer"
+	"github.com/gwnomad/gwnomad/lb/config"
+)
+
+// loopTLS is a TLS listener whose HTTP/1.1 connections the loops serve
+// after the handshake (L8).
+type loopTLS struct {
+	p    *Proxy
+	h    *balancer.Holder
+	srv  *TLSServer
+	loop *LoopServer
+	addr string
+	pool *x509.CertPool
+}
+
+func startLoopTLS(t *testing.T, opt Options, sopt ServerOptions, backends ...string) *loopTLS {
+	t.Helper()
+	h := &balancer.Holder{}
+	p := New(h, opt)
+	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com"}, Policy: "round_robin"}}, testHealth)
+	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
+	h.Store(b.Build(staticSnap(backends...)))
+	cert := selfSigned(t)
+	loop := p.NewLoopServer(sopt)
+	loopDone := make(chan error, 1)
+	go func() { loopDone <- loop.Serve(nil) }()
+	srv := &TLSServer{Fast: p.NewFastServer(sopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}}, Loop: loop}
+	lc := net.ListenConfig{}
+	if testSndBuf > 0 {
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) {
+				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf)
+			})
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	l := &loopTLS{p: p, h: h, srv: srv, loop: loop, addr: ln.Addr().String(), pool: x509.NewCertPool()}
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	l.pool.AddCert(leaf)
+	t.Cleanup(func() {
+		ctx, cancel := contextWithTimeout(10 * time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("tls server: shutdown: %v", err)
+		}
+		if err := loop.Shutdown(ctx); err != nil {
+			t.Errorf("event loop: shutdown: %v", err)
+		}
+		if err := <-loopDone; err != nil {
+			t.Errorf("event loop: serve: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("tls server: serve: %v", err)
+		}
+	})
+	// The loops adopt once Serve is under way; before, Fast serves.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		loop.mu.Lock()
+		serving := loop.serving
+		loop.mu.Unlock()
+		if serving {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the event loops did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return l
+}
+
+// client is an HTTP/1.1 (or h2) client that trusts l's certificate and
+// keeps one connection.
+func (l *loopTLS) client(h2 bool) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: l.pool, ServerName: "gw.example.com"}, ForceAttemptHTTP2: h2, MaxConnsPerHost: 1,
+	}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+}
+
+// dial opens a raw HTTP/1.1 TLS connection to l.
+func (l *loopTLS) dial(t *testing.T, d *net.Dialer) *tls.Conn {
+	t.Helper()
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	c, err := tls.DialWithDialer(d, "tcp", l.addr, &tls.Config{RootCAs: l.pool, ServerName: "gw.example.com", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c
+}
+
+func (l *loopTLS) get(t *testing.T, cl *http.Client, method, path, host string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "https://"+l.addr+path, http.NoBody)
+	req.Host = host
+	req.Header.Set("X-Forwarded-For", "6.6.6.6")
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return resp, string(b)
+}
+
+// Over TLS a loop serves what it serves over plain HTTP (L2, L8), with
+// X-Forwarded-Proto https and HSTS; h2 stays with net/http.
+func TestLoopTLSServesItself(t *testing.T) {
+	a, b := backend(t, "a", 200), backend(t, "b", 200)
+	const hsts = "max-age=60"
+	l := startLoopTLS(t, Options{HSTS: hsts}, loopSopt, addr(a), addr(b))
+	cl := l.client(false)
+	seen := map[string]int{}
+	for i := range 20 {
+		method := []string{"GET", "DELETE", "POST"}[i%3]
+		resp, body := l.get(t, cl, method, "/p?q=1", "gw.example.com")
+		name := resp.Header.Get("X-Backend")
+		seen[name]++
+		if resp.StatusCode != 200 || body != name+":" || resp.Proto != "HTTP/1.1" {
+			t.Fatalf("%s %d: %d %q %s", method, i, resp.StatusCode, body, resp.Proto)
+		}
+		if resp.Header.Get("X-Seen-XFF") != "127.0.0.1" || resp.Header.Get("X-Seen-Proto") != "https" ||
+			resp.Header.Get("X-Seen-XFH") != "gw.example.com" || resp.Header.Get("X-Seen-URI") != "/p?q=1" ||
+			resp.Header.Get("X-Hop") != "" || resp.Header.Get("Strict-Transport-Security") != hsts {
+			t.Fatalf("%s %d: headers not rewritten: %v", method, i, resp.Header)
+		}
+	}
+	if seen["a"] != 10 || seen["b"] != 10 {
+		t.Errorf("round robin over two instances: %v", seen)
+	}
+	if resp, body := l.get(t, cl, "GET", "/", "nowhere.example.com"); resp.StatusCode != 404 || body != "gwnomad-lb: no route for this host\n" {
+		t.Errorf("unknown host: %d %q", resp.StatusCode, body)
+	}
+	if n := counterValue(t, l.p.m.LoopTLS); n != 1 {
+		t.Errorf("the loops took %v TLS connections, want 1 (one keep-alive connection)", n)
+	}
+	if r, an := counterValue(t, l.p.m.handRequest), counterValue(t, l.p.m.handAnswer); r != 0 || an != 0 {
+		t.Errorf("handed over %v/%v connections, want none", r, an)
+	}
+	resp, body := l.get(t, l.client(true), "GET", "/h2", "gw.example.com")
+	if resp.Proto != "HTTP/2.0" || resp.StatusCode != 200 || !strings.HasSuffix(body, ":") || resp.Header.Get("X-Seen-Proto") != "https" {
+		t.Errorf("h2: %s %d %q", resp.Proto, resp.StatusCode, body)
+	}
+	if n := counterValue(t, l.p.m.LoopTLS); n != 1 {
+		t.Errorf("the loops took %v TLS connections after an h2 one, want 1", n)
+	}
+}
+
+// Errors the balancer answers itself carry HSTS over TLS, as the
+// goroutine engine's do.
+func TestLoopTLSErrorAnswers(t *testing.T) {
+	l := startLoopTLS(t, Options{HSTS: "max-age=60", Tries: 2}, loopSopt, closedAddr(t))
+	resp, body := l.get(t, l.client(false), "GET", "/", "gw.example.com")
+	if resp.StatusCode != 502 || resp.Header.Get("Strict-Transport-Security") != "max-age=60" || body == "" {
+		t.Errorf("all dead: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	if n := counterValue(t, l.p.m.LoopTLS); n != 1 {
+		t.Errorf("the loops took %v TLS connections, want 1", n)
+	}
+}
+
+// What a loop does not serve goes to the TLS listener's goroutine engine,
+// still over TLS: a request with a body (L3), an answer too large to hold
+// (L4); the connection goes on there.
+func TestLoopTLSHandsOver(t *testing.T) {
+	a := backend(t, "a", 200)
+	l := startLoopTLS(t, Options{MaxBufferedResponse: 64 << 10}, loopSopt, addr(a))
+	c := l.dial(t, nil)
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /first HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first answer: %v %v", resp, err)
+	} else {
+		_, _ = io.Copy(io.Discard, resp.Body)
+	}
+	// A body, then a bodyless request, pipelined in one write.
+	io.WriteString(c, "POST /x HTTP/1.1\r\nHost: gw.example.com\r\nContent-Length: 7\r\n\r\npayloadGET /y HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+	for i, want := range []string{"a:payload", "a:"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != want || resp.Header.Get("X-Seen-Proto") != "https" {
+			t.Fatalf("answer %d: %d %q (proto seen %q), want 200 %q over https", i, resp.StatusCode, b, resp.Header.Get("X-Seen-Proto"), want)
+		}
+	}
+	if r := counterValue(t, l.p.m.handRequest); r != 1 {
+		t.Errorf("handed over %v connections for requests, want 1", r)
+	}
+
+	gw := largeBackend(t, 2<<20)
+	lLarge := startLoopTLS(t, Options{MaxBufferedResponse: 64 << 10}, loopSopt, gw.Listener.Addr().String())
+	cl := lLarge.client(false)
+	for _, path := range []string{"/small", "/large", "/large?chunked=1", "/small"} {
+		resp, body := lLarge.get(t, cl, "GET", path, "gw.example.com")
+		want := gw.body
+		if path == "/small" {
+			want = []byte("small")
+		}
+		if resp.StatusCode != 200 || body != string(want) {
+			t.Fatalf("GET %s: %d, %d bytes (want 200, %d bytes)", path, resp.StatusCode, len(body), len(want))
+		}
+	}
+	if an := counterValue(t, lLarge.p.m.handAnswer); an != 1 {
+		t.Errorf("handed over %v connections for answers, want 1", an)
+	}
+	if n := counterValue(t, lLarge.p.m.LoopTLS); n != 1 {
+		t.Errorf("the loops took %v TLS connections, want 1", n)
+	}
+}
+
+// Pipelined requests over TLS are answered in order; answers larger than
+// the client's socket takes are sealed whole and written as it reads.
+func TestLoopTLSPipelinedAndSlowReader(t *testing.T) {
+	gw := largeBackend(t, 1<<20)
+	testSndBuf = 8192
+	l := startLoopTLS(t, Options{}, loopSopt, gw.Listener.Addr().String())
+	testSndBuf = 0
+	c := l.dial(t, &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}})
+	io.WriteString(c, "GET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\nGET /small HTTP/1.1\r\nHost: gw.example.com\r\n\r\nGET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+	br := bufio.NewReaderSize(c, 512)
+	for i, want := range [][]byte{gw.body, []byte("small"), gw.body} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 || !bytes.Equal(b, want) {
+			t.Fatalf("answer %d: %d, %d bytes, %v (want %d bytes)", i, resp.StatusCode, len(b), err, len(want))
+		}
+	}
+	// Requests written a byte at a time: each read ends in the middle of a
+	// record or a head.
+	for _, ch := range []byte("GET /small HTTP/1.1\r\nHost: gw.example.com\r\n\r\n") {
+		if _, err := c.Write([]byte{ch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("request a byte at a time: %v %v", resp, err)
+	} else if b, _ := io.ReadAll(resp.Body); string(b) != "small" {
+		t.Fatalf("request a byte at a time: %q", b)
+	}
+	if r, an := counterValue(t, l.p.m.handRequest), counterValue(t, l.p.m.handAnswer); r != 0 || an != 0 {
+		t.Errorf("handed over %v/%v connections, want none", r, an)
+	}
+}
+
+// Timeouts (L5) over TLS: an idle connection is closed with close_notify,
+// an unfinished request gets 408; Shutdown (L7) closes idle connections
+// and answers the one in flight with Connection: close.
+func TestLoopTLSTimeoutsAndShutdown(t *testing.T) {
+	a := backend(t, "a", 200)
+	sopt := loopSopt
+	sopt.IdleTimeout, sopt.ReadTimeout = 300*time.Millisecond, 300*time.Millisecond
+	l := startLoopTLS(t, Options{}, sopt, addr(a))
+	idle := l.dial(t, nil)
+	partial := l.dial(t, nil)
+	io.WriteString(partial, "GET / HTTP/1.1\r\nHost: gw.exa")
+	if n, err := idle.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("idle connection: read %d, %v, want EOF (close_notify)", n, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(partial), nil)
+	if err != nil || resp.StatusCode != 408 {
+		t.Errorf("unfinished request: %v %v, want 408", resp, err)
+	}
+
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done")
+	}))
+	t.Cleanup(s.Close)
+	l2 := startLoopTLS(t, Options{}, loopSopt, addr(s))
+	idle2 := l2.dial(t, nil)
+	io.WriteString(idle2, "GET / HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+	br := bufio.NewReader(idle2)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("before shutdown: %v %v", resp, err)
+	} else {
+		_, _ = io.Copy(io.Discard, resp.Body)
+	}
+	busy := l2.dial(t, nil)
+	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the gateway")
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := contextWithTimeout(10 * time.Second)
+		defer cancel()
+		shut <- l2.loop.Shutdown(ctx)
+	}()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection during shutdown: %v, want EOF", err)
+	}
+	close(release)
+	resp, err = http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil || resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("the request in flight: %v %v, want 200 with Connection: close", resp, err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "done" {
+		t.Errorf("body %q", b)
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown did not return")
+	}
+	if n := counterValue(t, l2.p.m.LoopTLS); n != 2 {
+		t.Errorf("the loops took %v TLS connections, want 2", n)
+	}
+}
