@@ -26,10 +26,10 @@ type client struct {
 	readable   bool // an edge came that was not read to its end
 	closeAfter bool
 	remote     netip.Addr
-	buf        []byte // read and not served yet: a partial head, or pipelined requests
-	out        []byte // the part of an answer the socket did not take at once
+	buf        []byte   // read and not served yet: a partial head, or pipelined requests
+	out        []byte   // the part of an answer the socket did not take at once
 	tls        *tlsLink // over TLS (L8); nil: plain
-	deadline   int64  // unix nanoseconds; 0: none
+	deadline   int64    // unix nanoseconds; 0: none
 	x          *exchange
 }
 
