@@ -177,7 +177,7 @@ type LB struct {
 	upgrading                atomic.Bool // an Upgrade runs or succeeded
 	handedOver               atomic.Bool // a new process serves our sockets
 	fast                     *fasthttp.Server
-	loop                     *proxy.LoopServer // instead of fast, with [proxy] engine = "event-loop"
+	loop                     *proxy.LoopServer // with [proxy] engine = "event-loop": instead of fast, and for tlsSrv's HTTP/1.1
 	redirectSrv              *http.Server      // :80 when TLS is on
 	tlsSrv                   *proxy.TLSServer
 	adminSrv                 *http.Server

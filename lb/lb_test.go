@@ -561,6 +561,7 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	}
 }
 
+// tls.mode = "files": HTTP/2 and HTTP/1.1 over TLS, HSTS on both.
 func TestTLSFilesServesHTTP2AndHTTP1(t *testing.T) {
 	st := testenv.Consul(t)
 	register(t, st.ConsulAPI(), inProcessGateway(t, "gw-1"), true)
@@ -593,5 +594,10 @@ func TestTLSFilesServesHTTP2AndHTTP1(t *testing.T) {
 		if got := resp.Header.Get("Strict-Transport-Security"); got != "max-age=31536000" {
 			t.Errorf("h2=%v: Strict-Transport-Security %q", h2, got)
 		}
+	}
+	// The default engine, the event loop, served the HTTP/1.1 connection
+	// after its handshake; net/http the h2 one.
+	if got, want := metricLine(t, "http://"+l.Addrs().Admin+"/metrics", "gwnomad_lb_event_loop_tls_connections_total "), "gwnomad_lb_event_loop_tls_connections_total 1"; got != want {
+		t.Errorf("/metrics: %q, want %q", got, want)
 	}
 }

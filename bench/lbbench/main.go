@@ -109,7 +109,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.noHalf, "no-half", false, "skip the half-load latency runs")
 	flag.IntVar(&o.hapThreads, "haproxy-threads", 2, "HAProxy's nbthread (experiments)")
-	flag.StringVar(&o.engine, "gwnomad-engine", "event-loop", "gwnomad's [proxy] engine for plain HTTP: event-loop or goroutines (TLS is served by goroutines either way)")
+	flag.StringVar(&o.engine, "gwnomad-engine", "event-loop", "gwnomad's [proxy] engine: event-loop or goroutines (TLS handshakes are goroutines' either way)")
 	flag.StringVar(&o.lbEnv, "gwnomad-env", "", "extra environment of the gwnomad process, comma-separated (experiments, e.g. GOMAXPROCS=1)")
 	flag.Parse()
 	o.targets = strings.Split(targets, ",")

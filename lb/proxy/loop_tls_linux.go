@@ -209,7 +209,9 @@ func (lp *loop) adoptAll() {
 		lp.clients++
 		lp.p.m.LoopTLS.Inc()
 		c.deadline = lp.after(lp.s.idleTimeout())
-		lp.serveClient(c) // crypto/tls may hold a request read with the handshake
+		// crypto/tls may hold a request read with the handshake's last
+		// flight (the registration's EPOLLOUT edge would also bring it).
+		lp.serveClient(c)
 	}
 }
 

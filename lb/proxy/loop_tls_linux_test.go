@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func startLoopTLS(t *testing.T, opt Options, sopt ServerOptions, backends ...str
 	loop := p.NewLoopServer(sopt)
 	loopDone := make(chan error, 1)
 	go func() { loopDone <- loop.Serve(nil) }()
-	srv := &TLSServer{Fast: p.NewFastServer(sopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}}, Loop: loop}
+	srv := &TLSServer{Fast: p.NewFastServer(sopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true}, Loop: loop}
 	lc := net.ListenConfig{}
 	if testSndBuf > 0 {
 		lc.Control = func(_, _ string, rc syscall.RawConn) error {
@@ -290,11 +291,22 @@ func TestLoopTLSTimeoutsAndShutdown(t *testing.T) {
 	sopt := loopSopt
 	sopt.IdleTimeout, sopt.ReadTimeout = 300*time.Millisecond, 300*time.Millisecond
 	l := startLoopTLS(t, Options{}, sopt, addr(a))
-	idle := l.dial(t, nil)
+	raw, err := net.Dial("tcp", l.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &countConn{Conn: raw}
+	idle := tls.Client(counted, &tls.Config{RootCAs: l.pool, ServerName: "gw.example.com", NextProtos: []string{"http/1.1"}})
+	defer idle.Close()
+	_ = idle.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := idle.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	counted.on.Store(true)
 	partial := l.dial(t, nil)
 	io.WriteString(partial, "GET / HTTP/1.1\r\nHost: gw.exa")
-	if n, err := idle.Read(make([]byte, 1)); err != io.EOF {
-		t.Errorf("idle connection: read %d, %v, want EOF (close_notify)", n, err)
+	if n, err := idle.Read(make([]byte, 1)); err != io.EOF || counted.n.Load() == 0 {
+		t.Errorf("idle connection: read %d, %v after %d bytes, want EOF after a close_notify record", n, err, counted.n.Load())
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(partial), nil)
 	if err != nil || resp.StatusCode != 408 {
@@ -354,5 +366,98 @@ func TestLoopTLSTimeoutsAndShutdown(t *testing.T) {
 	}
 	if n := counterValue(t, l2.p.m.LoopTLS); n != 2 {
 		t.Errorf("the loops took %v TLS connections, want 2", n)
+	}
+}
+
+// countConn counts the bytes read through it once on.
+type countConn struct {
+	net.Conn
+	on atomic.Bool
+	n  atomic.Int64
+}
+
+func (c *countConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.on.Load() {
+		c.n.Add(int64(n))
+	}
+	return n, err
+}
+
+// A request that came in the same segment as the handshake's last flight
+// is in crypto/tls's buffer when the loop adopts the connection, and the
+// socket brings no edge for it: the loop reads it at once (L8).
+func TestLoopTLSRequestWithTheHandshake(t *testing.T) {
+	a := backend(t, "a", 200)
+	l := startLoopTLS(t, Options{}, loopSopt, addr(a))
+	raw, err := net.Dial("tcp", l.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &holdConn{Conn: raw}
+	c := tls.Client(held, &tls.Config{RootCAs: l.pool, ServerName: "gw.example.com", NextProtos: []string{"http/1.1"}})
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := c.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /with-handshake HTTP/1.1\r\nHost: gw.example.com\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := held.flush(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the request sent with the client's Finished: %v", err)
+	}
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "a:" || resp.Header.Get("X-Seen-URI") != "/with-handshake" {
+		t.Errorf("%d %q %v", resp.StatusCode, b, resp.Header)
+	}
+	if n := counterValue(t, l.p.m.LoopTLS); n != 1 {
+		t.Errorf("the loops took %v TLS connections, want 1", n)
+	}
+}
+
+// holdConn writes its first write (the ClientHello) and holds the rest
+// until flush, which writes them in one system call.
+type holdConn struct {
+	net.Conn
+	writes int
+	held   []byte
+}
+
+func (c *holdConn) Write(b []byte) (int, error) {
+	if c.writes++; c.writes == 1 {
+		return c.Conn.Write(b)
+	}
+	c.held = append(c.held, b...)
+	return len(b), nil
+}
+
+func (c *holdConn) flush() error {
+	_, err := c.Conn.Write(c.held)
+	c.held = nil
+	return err
+}
+
+// What crypto/tls wrote while a loop owned the connection and the loop
+// had not sent yet (a reply to a client's KeyUpdate, say) goes out first
+// once goroutines own it.
+func TestTLSLinkWritesPendingFirst(t *testing.T) {
+	a, b := net.Pipe()
+	l := &tlsLink{fd: -1}
+	c := &client{tls: l}
+	l.c = c
+	if _, err := l.Write([]byte("pending:")); err != nil || string(c.out) != "pending:" {
+		t.Fatalf("a write on the loop: %q, %v; want it in the client's output", c.out, err)
+	}
+	detachTLS(c, a)
+	go func() {
+		_, _ = l.Write([]byte("next"))
+		a.Close()
+	}()
+	if got, _ := io.ReadAll(b); string(got) != "pending:next" {
+		t.Errorf("written after the hand-over: %q, want %q", got, "pending:next")
 	}
 }

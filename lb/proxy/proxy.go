@@ -1,11 +1,12 @@
 // Package proxy is the load balancer's request path: from a client's
 // request to a gateway's answer.
 //
-// On the plain listener an event loop per processor serves, by default,
-// the HTTP/1.1 requests without a body and the answers it can hold
-// (loop_linux.go and its siblings: client, gateway and hand-off sides);
-// it hands every other connection to the path below, which serves TLS
-// and everything else.
+// By default an event loop per processor serves the HTTP/1.1 requests
+// without a body and the answers it can hold, on the plain listener and on
+// TLS connections once their handshake is done (loop_linux.go and its
+// siblings: client, gateway, hand-off and TLS sides); it hands every other
+// connection to the path below, which serves TLS handshakes, HTTP/2 and
+// everything else.
 //
 // HTTP/1.1 runs on fasthttp (server and keep-alive pools to the gateways),
 // which keeps a request's CPU cost and allocations near zero; connections
