@@ -105,7 +105,7 @@ func (lp *loop) serveClient(c *client) {
 			lp.request(c, c.buf)
 			continue
 		}
-		if !c.readable {
+		if !c.readable && c.tls == nil { // over TLS, readTLS knows
 			return
 		}
 		k := copy(lp.rbuf, c.buf)

@@ -48,12 +48,18 @@ func (l *tlsLink) Read(p []byte) (int, error) {
 	if c == nil {
 		return l.nc.Read(p)
 	}
+	if !c.readable {
+		return 0, errWouldBlock // emptied, and no edge since: no system call
+	}
 	for {
 		n, err := rawRead(c.fd, p)
 		switch {
 		case err == nil && n == 0 && len(p) > 0:
 			return 0, io.EOF
 		case err == nil:
+			if n < len(p) {
+				c.readable = false // a short read emptied the socket; the next byte brings an edge
+			}
 			return n, nil
 		case err == unix.EINTR:
 			continue
@@ -226,7 +232,10 @@ func (lp *loop) dropAdopted() {
 	}
 }
 
-// readTLS reads c's next plaintext into p (as readClient).
+// readTLS reads c's next plaintext into p (as readClient). crypto/tls may
+// hold whole records while the socket is empty (c.readable false), so it
+// is asked whatever c.readable says; it reads the socket only when
+// c.readable.
 func (lp *loop) readTLS(c *client, p []byte) (int, error) {
 	for {
 		n, err := c.tls.tc.Read(p)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -386,7 +387,8 @@ func (c *countConn) Read(b []byte) (int, error) {
 
 // A request that came in the same segment as the handshake's last flight
 // is in crypto/tls's buffer when the loop adopts the connection, and the
-// socket brings no edge for it: the loop reads it at once (L8).
+// socket brings no edge for it: the loop reads it at once (L8). So are
+// records read with one that was served.
 func TestLoopTLSRequestWithTheHandshake(t *testing.T) {
 	a := backend(t, "a", 200)
 	l := startLoopTLS(t, Options{}, loopSopt, addr(a))
@@ -407,12 +409,34 @@ func TestLoopTLSRequestWithTheHandshake(t *testing.T) {
 	if err := held.flush(); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("the request sent with the client's Finished: %v", err)
 	}
 	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "a:" || resp.Header.Get("X-Seen-URI") != "/with-handshake" {
 		t.Errorf("%d %q %v", resp.StatusCode, b, resp.Header)
+	}
+	// Three requests in three records, in one segment: the loop's one
+	// read takes all three, and crypto/tls gives them a record at a time
+	// while the socket stays empty.
+	for i := range 3 {
+		if _, err := fmt.Fprintf(c, "GET /record-%d HTTP/1.1\r\nHost: gw.example.com\r\n\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := held.flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if want := fmt.Sprintf("/record-%d", i); resp.StatusCode != 200 || resp.Header.Get("X-Seen-URI") != want {
+			t.Errorf("record %d: %d for %q, want 200 for %q", i, resp.StatusCode, resp.Header.Get("X-Seen-URI"), want)
+		}
 	}
 	if n := counterValue(t, l.p.m.LoopTLS); n != 1 {
 		t.Errorf("the loops took %v TLS connections, want 1", n)
