@@ -158,6 +158,9 @@ func (s *LoopServer) AdoptTLS(tc *tls.Conn, hand *chanListener) bool {
 	if !ok || l.nc == nil {
 		return false
 	}
+	if w, ok := l.nc.(*Conn); ok && w.Buffered() > 0 {
+		return false // read ahead of crypto/tls (it reads 512 bytes or more, so never)
+	}
 	sc, ok := l.nc.(syscall.Conn)
 	if !ok {
 		return false
@@ -190,8 +193,8 @@ func (s *LoopServer) AdoptTLS(tc *tls.Conn, hand *chanListener) bool {
 	return true
 }
 
-// NewTLSLink wraps c, a TCP connection just accepted, for tls.Server, so
-// that AdoptTLS can later move it to a loop.
+// NewTLSLink wraps c, a TCP connection just accepted (or its Conn), for
+// tls.Server, so that AdoptTLS can later move it to a loop.
 func NewTLSLink(c net.Conn) net.Conn { return &tlsLink{nc: c, fd: -1} }
 
 // adoptAll takes the connections AdoptTLS queued for lp.
@@ -253,6 +256,9 @@ func (lp *loop) readTLS(c *client, p []byte) (int, error) {
 // seal encrypts head and body as one record (up to 16 KiB a record) into
 // the loop's output, after c's pending output; nil if crypto/tls failed.
 func (lp *loop) seal(c *client, head, body []byte) []byte {
+	if cap(lp.sealed) > loopKeepBuffer {
+		lp.sealed = nil // the last large answer's, written or copied since
+	}
 	lp.plain = append(append(lp.plain[:0], head...), body...)
 	lp.sealed = append(lp.sealed[:0], c.out...)
 	c.out = c.out[:0]

@@ -147,7 +147,7 @@ func (s *TLSServer) Serve(ln net.Listener) error {
 		}
 		s.wg.Add(1)
 		if s.Loop != nil {
-			go s.handshake(tls.Server(NewTLSLink(c), cfg))
+			go s.handshake(tls.Server(NewTLSLink(Wrap(c)), cfg))
 		} else {
 			go s.handshake(tls.Server(Wrap(c), cfg))
 		}
