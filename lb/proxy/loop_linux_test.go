@@ -244,18 +244,31 @@ func TestLoopPipelinedAndSlowReader(t *testing.T) {
 	testSndBuf = 8192
 	lb := startLoop(t, Options{}, loopSopt, gw.Listener.Addr().String())
 	testSndBuf = 0
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	c, err := d.Dial("tcp", lb.addr)
+	c, err := smallReader.Dial("tcp", lb.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	pipelineLargeSmall(t, c, gw.body)
+	if r, an := handoffs(t, lb); r != 0 || an != 0 {
+		t.Errorf("handed over %v/%v connections, want none", r, an)
+	}
+}
+
+// smallReader dials with a small receive buffer: a large answer is written
+// as the client reads it.
+var smallReader = &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+	return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+}}
+
+// pipelineLargeSmall sends GET /large, /small, /large in one write and
+// reads their answers (large: body) in order, a little at a time.
+func pipelineLargeSmall(t *testing.T, c io.ReadWriter, body []byte) *bufio.Reader {
+	t.Helper()
 	io.WriteString(c, "GET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\nGET /small HTTP/1.1\r\nHost: gw.example.com\r\n\r\nGET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
 	br := bufio.NewReaderSize(c, 512)
-	for i, want := range [][]byte{gw.body, []byte("small"), gw.body} {
+	for i, want := range [][]byte{body, []byte("small"), body} {
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("answer %d: %v", i, err)
@@ -265,9 +278,7 @@ func TestLoopPipelinedAndSlowReader(t *testing.T) {
 			t.Fatalf("answer %d: %d, %d bytes, %v (want %d bytes)", i, resp.StatusCode, len(b), err, len(want))
 		}
 	}
-	if r, an := handoffs(t, lb); r != 0 || an != 0 {
-		t.Errorf("handed over %v/%v connections, want none", r, an)
-	}
+	return br
 }
 
 // Timeouts (L5): an idle connection is closed after idle_timeout, a

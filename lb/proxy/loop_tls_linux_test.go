@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,18 +41,7 @@ func startLoopTLS(t *testing.T, opt Options, sopt ServerOptions, backends ...str
 	loopDone := make(chan error, 1)
 	go func() { loopDone <- loop.Serve(nil) }()
 	srv := &TLSServer{Fast: p.NewFastServer(sopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true}, Loop: loop}
-	lc := net.ListenConfig{}
-	if testSndBuf > 0 {
-		lc.Control = func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) {
-				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf)
-			})
-		}
-	}
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testListen(t)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	l := &loopTLS{p: p, h: h, srv: srv, loop: loop, addr: ln.Addr().String(), pool: x509.NewCertPool()}
@@ -252,21 +238,8 @@ func TestLoopTLSPipelinedAndSlowReader(t *testing.T) {
 	testSndBuf = 8192
 	l := startLoopTLS(t, Options{}, loopSopt, gw.Listener.Addr().String())
 	testSndBuf = 0
-	c := l.dial(t, &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}})
-	io.WriteString(c, "GET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\nGET /small HTTP/1.1\r\nHost: gw.example.com\r\n\r\nGET /large HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
-	br := bufio.NewReaderSize(c, 512)
-	for i, want := range [][]byte{gw.body, []byte("small"), gw.body} {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("answer %d: %v", i, err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != 200 || !bytes.Equal(b, want) {
-			t.Fatalf("answer %d: %d, %d bytes, %v (want %d bytes)", i, resp.StatusCode, len(b), err, len(want))
-		}
-	}
+	c := l.dial(t, smallReader)
+	br := pipelineLargeSmall(t, c, gw.body)
 	// Requests written a byte at a time: each read ends in the middle of a
 	// record or a head.
 	for _, ch := range []byte("GET /small HTTP/1.1\r\nHost: gw.example.com\r\n\r\n") {

@@ -72,18 +72,7 @@ func startLBWith(t *testing.T, opt Options, sopt ServerOptions, backends ...stri
 	b := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com", "127.0.0.1"}, Policy: "round_robin"}}, testHealth)
 	b.OnRoute, b.OnNew, b.OnGone = p.OnRoute, p.OnNew, p.OnGone
 	h.Store(b.Build(staticSnap(backends...)))
-	lc := net.ListenConfig{}
-	if testSndBuf > 0 { // accepted sockets inherit it, without autotuning
-		lc.Control = func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) {
-				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf)
-			})
-		}
-	}
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testListen(t)
 	var loop *LoopServer
 	if testLoop {
 		srv := p.NewLoopServer(sopt)
@@ -106,6 +95,24 @@ func startLBWith(t *testing.T, opt Options, sopt ServerOptions, backends ...stri
 		t.Cleanup(func() { _ = srv.Shutdown() })
 	}
 	return &testLB{p: p, b: b, h: h, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), loop: loop}
+}
+
+// testListen listens on a free loopback port, with testSndBuf if set.
+func testListen(t *testing.T) net.Listener {
+	t.Helper()
+	lc := net.ListenConfig{}
+	if testSndBuf > 0 { // accepted sockets inherit it, without autotuning
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) {
+				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, testSndBuf)
+			})
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
 
 // backend answers with its name and echoes what it saw as headers.
