@@ -254,7 +254,8 @@ func (lp *loop) replyError(c *client, x *exchange) {
 // replyOwn writes lp.answer, the balancer's own answer.
 func (lp *loop) replyOwn(c *client) {
 	x := c.x
-	if c.closeAfter || lp.stopped {
+	if c.closeAfter || lp.s.stopping.Load() {
+		c.closeAfter = true // Shutdown may be in this loop's next events (L7)
 		lp.answer.SetConnectionClose()
 	}
 	x.code = lp.answer.StatusCode()
@@ -397,6 +398,7 @@ func (lp *loop) closeClient(c *client) {
 	unix.Close(c.fd)
 	c.fd = -1
 	lp.clients--
+	lp.load.Add(-1)
 }
 
 // record counts the request and writes its access-log line.

@@ -516,7 +516,8 @@ func (lp *loop) answered(g *gateway) {
 	keep := !x.resp.ConnectionClose() && len(g.in) == x.total && x.code != 101
 	x.err = nil
 	stripHopResponse(&x.resp)
-	if c.closeAfter || lp.stopped {
+	if c.closeAfter || lp.s.stopping.Load() {
+		c.closeAfter = true // Shutdown may be in this loop's next events (L7)
 		x.resp.SetConnectionClose()
 	}
 	if c.tls != nil && lp.p.opt.HSTS != "" {

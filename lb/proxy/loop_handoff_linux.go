@@ -45,6 +45,7 @@ func (lp *loop) detach(c *client) (net.Conn, *chanListener, error) {
 	fd := c.fd
 	c.fd = -1
 	lp.clients--
+	lp.load.Add(-1)
 	nc, err := lp.connOf(fd)
 	if err != nil {
 		return nil, nil, err
@@ -88,7 +89,7 @@ func (lp *loop) relay(g *gateway) {
 	rest := bytes.Clone(g.in[x.bodyStart+x.chunk.scan:])
 	held := bytes.Clone(g.in[x.bodyStart : x.bodyStart+x.chunk.dec]) // of a chunked answer: decoded already
 	pre := bytes.Clone(c.buf)
-	closeAfter := c.closeAfter || lp.stopped
+	closeAfter := c.closeAfter || lp.s.stopping.Load()
 	remote := c.remote
 	gfd := g.fd
 	g.fd, c.x = -1, nil

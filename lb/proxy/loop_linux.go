@@ -34,7 +34,10 @@ import (
 //
 //  L1. One loop per processor (GOMAXPROCS), each on an OS thread of its
 //      own, waiting in epoll_wait; all accept from the one listening
-//      socket. A loop owns the client connections it accepted and the
+//      socket. A loop that accepts a connection while another loop has
+//      fewer gives it to that one (the kernel wakes whichever loop waits,
+//      and one wake-up drains the queue, so the first loop awake would
+//      take a whole burst). A loop owns its client connections and the
 //      gateway connections it opened for them, and only it touches them:
 //      no locks. Its gateway connections are pooled per instance, the one
 //      used last going out first.
@@ -65,7 +68,7 @@ import (
 //      engine drains what was handed to it.
 //  L8. Over TLS, the TLS server does the handshake on a goroutine; a
 //      connection that negotiated HTTP/1.1 is then adopted by a loop (the
-//      next, in turn), which reads and writes its socket under crypto/tls
+//      one with the fewest connections), which reads and writes its socket under crypto/tls
 //      (loop_tls_linux.go) by L1–L7. What it hands over (L3, L4) goes to
 //      that TLS server's goroutine engine, still a TLS connection. h2
 //      connections stay with net/http.
@@ -92,7 +95,6 @@ type LoopServer struct {
 	serving  bool
 	ln       net.Listener // nil: the loops serve adopted TLS connections only
 	lnfd     int          // -1 without ln
-	next     int          // the loop that adopts next (L8)
 	loops    []*loop
 	done     chan struct{} // closed when Serve's loops all returned
 	stopping atomic.Bool
@@ -227,6 +229,7 @@ type loop struct {
 	socks     []any // by file descriptor: *client or *gateway
 	seq       int32 // registrations, told apart in events (a closed fd is soon reused)
 	clients   int
+	load      atomic.Int32 // clients, and connections given to it not taken yet (L1)
 	pools     map[*balancer.Upstream][]*gateway // idle, used last at the end
 	rbuf      []byte                            // client reads
 	hbuf      []byte                            // answer heads
@@ -243,7 +246,85 @@ type loop struct {
 	sealed    []byte        // and sealed
 
 	amu   sync.Mutex
-	adopt []*tlsLink // TLS connections given to this loop (L8)
+	given []newConn // connections given to this loop (L1, L8)
+	gone  bool      // the loop ended: give closes what comes
+}
+
+// newConn is a client connection given to a loop: by the loop that
+// accepted it (L1), or after its TLS handshake (L8).
+type newConn struct {
+	fd     int
+	remote netip.Addr
+	link   *tlsLink // nil: plain HTTP
+}
+
+// leastLoaded is the loop with the fewest connections.
+func (s *LoopServer) leastLoaded() *loop {
+	best := s.loops[0]
+	n := best.load.Load()
+	for _, lp := range s.loops[1:] {
+		if k := lp.load.Load(); k < n {
+			best, n = lp, k
+		}
+	}
+	return best
+}
+
+// give queues n for lp and wakes it (from any goroutine).
+func (lp *loop) give(n newConn) {
+	lp.amu.Lock()
+	if lp.gone {
+		lp.amu.Unlock()
+		unix.Close(n.fd)
+		return
+	}
+	lp.load.Add(1)
+	lp.given = append(lp.given, n)
+	lp.amu.Unlock()
+	lp.wake()
+}
+
+// takeGiven serves the connections given to lp.
+func (lp *loop) takeGiven() {
+	lp.amu.Lock()
+	q := lp.given
+	lp.given = nil
+	lp.amu.Unlock()
+	for _, n := range q {
+		if m := lp.s.opt.MaxConns; m > 0 && lp.clients >= max(m/len(lp.s.loops), 1) {
+			unix.Close(n.fd)
+			lp.load.Add(-1)
+			continue
+		}
+		c := &client{fd: n.fd, remote: n.remote, tls: n.link, readable: true}
+		var err error
+		if c.seq, err = lp.register(n.fd, c); err != nil {
+			unix.Close(n.fd)
+			lp.load.Add(-1)
+			continue
+		}
+		if n.link != nil {
+			n.link.c = c
+			lp.p.m.LoopTLS.Inc()
+		}
+		lp.clients++
+		c.deadline = lp.after(lp.s.idleTimeout())
+		// Its first request may be in already; over TLS crypto/tls may
+		// hold it, read with the handshake's last flight (the
+		// registration's EPOLLOUT edge would also bring it).
+		lp.serveClient(c)
+	}
+}
+
+// dropGiven closes what is queued when the loop ends, and what comes.
+func (lp *loop) dropGiven() {
+	lp.amu.Lock()
+	q := lp.given
+	lp.given, lp.gone = nil, true
+	lp.amu.Unlock()
+	for _, n := range q {
+		unix.Close(n.fd)
+	}
 }
 
 func newLoop(s *LoopServer) (*loop, error) {
@@ -334,7 +415,7 @@ func (lp *loop) run() {
 			case fd == lp.ev:
 				var b [8]byte
 				_, _ = unix.Read(lp.ev, b[:])
-				lp.adoptAll()
+				lp.takeGiven()
 				lp.state()
 			case fd == lp.s.lnfd:
 				lp.accept()
@@ -361,7 +442,7 @@ func (lp *loop) run() {
 			lp.closeGateway(g)
 		}
 	}
-	lp.dropAdopted()
+	lp.dropGiven()
 }
 
 // state applies Shutdown (L7).
@@ -421,18 +502,23 @@ func (lp *loop) accept() {
 			lp.unlisten()
 			return
 		}
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		if to := lp.s.leastLoaded(); to.load.Load() < lp.load.Load() {
+			to.give(newConn{fd: fd, remote: sockaddrIP(sa)})
+			continue
+		}
 		if m := lp.s.opt.MaxConns; m > 0 && lp.clients >= max(m/len(lp.s.loops), 1) {
 			unix.Close(fd)
 			continue
 		}
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
 		c := &client{fd: fd, remote: sockaddrIP(sa)}
 		if c.seq, err = lp.register(fd, c); err != nil {
 			unix.Close(fd)
 			continue
 		}
 		lp.clients++
+		lp.load.Add(1)
 		c.deadline = lp.after(lp.s.idleTimeout())
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -528,4 +530,66 @@ func refDecode(enc []byte) (body, after []byte, err error) {
 	}
 	after, _ = io.ReadAll(br)
 	return body, after, nil
+}
+
+// A burst of connections is spread over the loops (L1): the kernel wakes
+// one loop, which would otherwise accept the whole burst itself.
+func TestLoopSpreadsConnections(t *testing.T) {
+	a := backend(t, "a", 200)
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("one processor: one loop")
+	}
+	lb := startLoop(t, Options{}, loopSopt, addr(a))
+	waitServing(t, lb.loop)
+	const n = 64
+	conns := make([]net.Conn, n)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			if c, err := net.Dial("tcp", lb.addr); err == nil {
+				conns[i] = c
+			}
+		})
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c == nil {
+			t.Fatal("a dial failed")
+		}
+		defer c.Close()
+	}
+	// Each connection's first request is served: all are in a loop.
+	for i, c := range conns {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("connection %d: %v %v", i, resp, err)
+		}
+	}
+	lo, hi := int32(n), int32(0)
+	for _, lp := range lb.loop.loops {
+		k := lp.load.Load()
+		lo, hi = min(lo, k), max(hi, k)
+	}
+	if hi-lo > 1 {
+		t.Errorf("connections per loop from %d to %d, want within one of each other", lo, hi)
+	}
+}
+
+// waitServing waits until s's Serve started its loops.
+func waitServing(t *testing.T, s *LoopServer) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		serving := s.serving
+		s.mu.Unlock()
+		if serving {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the event loops did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -184,56 +184,13 @@ func (s *LoopServer) AdoptTLS(tc *tls.Conn, hand *chanListener) bool {
 	l.laddr, l.raddr = l.nc.LocalAddr(), l.nc.RemoteAddr()
 	_ = l.nc.Close()
 	l.nc, l.tc, l.fd, l.hand = nil, tc, fd, hand
-	s.next++
-	lp := s.loops[s.next%len(s.loops)]
-	lp.amu.Lock()
-	lp.adopt = append(lp.adopt, l)
-	lp.amu.Unlock()
-	lp.wake()
+	s.leastLoaded().give(newConn{fd: fd, remote: remoteOf(l.raddr), link: l})
 	return true
 }
 
 // NewTLSLink wraps c, a TCP connection just accepted (or its Conn), for
 // tls.Server, so that AdoptTLS can later move it to a loop.
 func NewTLSLink(c net.Conn) net.Conn { return &tlsLink{nc: c, fd: -1} }
-
-// adoptAll takes the connections AdoptTLS queued for lp.
-func (lp *loop) adoptAll() {
-	lp.amu.Lock()
-	q := lp.adopt
-	lp.adopt = nil
-	lp.amu.Unlock()
-	for _, l := range q {
-		if m := lp.s.opt.MaxConns; m > 0 && lp.clients >= max(m/len(lp.s.loops), 1) {
-			unix.Close(l.fd)
-			continue
-		}
-		c := &client{fd: l.fd, tls: l, readable: true, remote: remoteOf(l.raddr)}
-		var err error
-		if c.seq, err = lp.register(l.fd, c); err != nil {
-			unix.Close(l.fd)
-			continue
-		}
-		l.c = c
-		lp.clients++
-		lp.p.m.LoopTLS.Inc()
-		c.deadline = lp.after(lp.s.idleTimeout())
-		// crypto/tls may hold a request read with the handshake's last
-		// flight (the registration's EPOLLOUT edge would also bring it).
-		lp.serveClient(c)
-	}
-}
-
-// dropAdopted closes what is queued when the loop ends.
-func (lp *loop) dropAdopted() {
-	lp.amu.Lock()
-	q := lp.adopt
-	lp.adopt = nil
-	lp.amu.Unlock()
-	for _, l := range q {
-		unix.Close(l.fd)
-	}
-}
 
 // readTLS reads c's next plaintext into p (as readClient). crypto/tls may
 // hold whole records while the socket is empty (c.readable false), so it

@@ -63,20 +63,7 @@ func startLoopTLS(t *testing.T, opt Options, sopt ServerOptions, backends ...str
 			t.Errorf("tls server: serve: %v", err)
 		}
 	})
-	// The loops adopt once Serve is under way; before, Fast serves.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		loop.mu.Lock()
-		serving := loop.serving
-		loop.mu.Unlock()
-		if serving {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the event loops did not start")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitServing(t, loop) // the loops adopt once Serve is under way; before, Fast serves
 	return l
 }
 
