@@ -229,7 +229,7 @@ type loop struct {
 	socks     []any // by file descriptor: *client or *gateway
 	seq       int32 // registrations, told apart in events (a closed fd is soon reused)
 	clients   int
-	load      atomic.Int32 // clients, and connections given to it not taken yet (L1)
+	load      atomic.Int32                      // clients, and connections given to it not taken yet (L1)
 	pools     map[*balancer.Upstream][]*gateway // idle, used last at the end
 	rbuf      []byte                            // client reads
 	hbuf      []byte                            // answer heads
