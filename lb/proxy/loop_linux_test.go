@@ -571,8 +571,8 @@ func TestLoopSpreadsConnections(t *testing.T) {
 		k := lp.load.Load()
 		lo, hi = min(lo, k), max(hi, k)
 	}
-	if hi-lo > 1 {
-		t.Errorf("connections per loop from %d to %d, want within one of each other", lo, hi)
+	if hi-lo > 2 { // loops deciding at the same moment may each keep one
+		t.Errorf("connections per loop from %d to %d, want within two of each other", lo, hi)
 	}
 }
 
