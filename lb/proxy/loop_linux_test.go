@@ -352,17 +352,8 @@ func TestLoopStalePooledConnections(t *testing.T) {
 // Shutdown (L7): idle connections close at once, a request in flight is
 // answered (with Connection: close), then Serve returns.
 func TestLoopShutdown(t *testing.T) {
-	release := make(chan struct{})
-	arrived := make(chan struct{}, 1)
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			arrived <- struct{}{}
-			<-release
-		}
-		io.WriteString(w, "done")
-	}))
-	t.Cleanup(s.Close)
-	lb := startLoop(t, Options{}, loopSopt, addr(s))
+	gw := newSlowGateway(t)
+	lb := startLoop(t, Options{}, loopSopt, addr(gw.Server))
 	idle, err := net.Dial("tcp", lb.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -373,18 +364,7 @@ func TestLoopShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
-	select {
-	case <-arrived:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request did not reach the gateway")
-	}
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := contextWithTimeout(10 * time.Second)
-		defer cancel()
-		shut <- lb.loop.Shutdown(ctx)
-	}()
+	shut := gw.shutDuring(t, busy, lb.loop)
 	_ = idle.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := idle.Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("idle connection during shutdown: %v, want EOF", err)
@@ -394,7 +374,52 @@ func TestLoopShutdown(t *testing.T) {
 		t.Fatalf("shutdown returned (%v) with a request in flight", err)
 	default:
 	}
-	close(release)
+	gw.finish(t, busy, shut)
+}
+
+// slowGateway answers "done"; GET /slow first waits for release.
+type slowGateway struct {
+	*httptest.Server
+	release, arrived chan struct{}
+}
+
+func newSlowGateway(t *testing.T) *slowGateway {
+	g := &slowGateway{release: make(chan struct{}), arrived: make(chan struct{}, 1)}
+	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			g.arrived <- struct{}{}
+			<-g.release
+		}
+		io.WriteString(w, "done")
+	}))
+	t.Cleanup(g.Close)
+	return g
+}
+
+// shutDuring sends GET /slow on busy and, once it is at the gateway,
+// shuts s down; the channel gets Shutdown's result.
+func (g *slowGateway) shutDuring(t *testing.T, busy net.Conn, s *LoopServer) <-chan error {
+	t.Helper()
+	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
+	select {
+	case <-g.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the gateway")
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := contextWithTimeout(10 * time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	return shut
+}
+
+// finish lets the request in flight go on: its answer must come with
+// Connection: close, then Shutdown return.
+func (g *slowGateway) finish(t *testing.T, busy net.Conn, shut <-chan error) {
+	t.Helper()
+	close(g.release)
 	_ = busy.SetDeadline(time.Now().Add(10 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(busy), nil)
 	if err != nil || resp.StatusCode != 200 || !resp.Close {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -274,17 +273,8 @@ func TestLoopTLSTimeoutsAndShutdown(t *testing.T) {
 		t.Errorf("unfinished request: %v %v, want 408", resp, err)
 	}
 
-	release := make(chan struct{})
-	arrived := make(chan struct{}, 1)
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			arrived <- struct{}{}
-			<-release
-		}
-		io.WriteString(w, "done")
-	}))
-	t.Cleanup(s.Close)
-	l2 := startLoopTLS(t, Options{}, loopSopt, addr(s))
+	gw := newSlowGateway(t)
+	l2 := startLoopTLS(t, Options{}, loopSopt, addr(gw.Server))
 	idle2 := l2.dial(t, nil)
 	io.WriteString(idle2, "GET / HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
 	br := bufio.NewReader(idle2)
@@ -294,37 +284,11 @@ func TestLoopTLSTimeoutsAndShutdown(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 	}
 	busy := l2.dial(t, nil)
-	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: gw.example.com\r\n\r\n")
-	select {
-	case <-arrived:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request did not reach the gateway")
-	}
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := contextWithTimeout(10 * time.Second)
-		defer cancel()
-		shut <- l2.loop.Shutdown(ctx)
-	}()
+	shut := gw.shutDuring(t, busy, l2.loop)
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("idle connection during shutdown: %v, want EOF", err)
 	}
-	close(release)
-	resp, err = http.ReadResponse(bufio.NewReader(busy), nil)
-	if err != nil || resp.StatusCode != 200 || !resp.Close {
-		t.Fatalf("the request in flight: %v %v, want 200 with Connection: close", resp, err)
-	}
-	if b, _ := io.ReadAll(resp.Body); string(b) != "done" {
-		t.Errorf("body %q", b)
-	}
-	select {
-	case err := <-shut:
-		if err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("shutdown did not return")
-	}
+	gw.finish(t, busy, shut)
 	if n := counterValue(t, l2.p.m.LoopTLS); n != 2 {
 		t.Errorf("the loops took %v TLS connections, want 2", n)
 	}
