@@ -68,8 +68,8 @@ import (
 //      engine drains what was handed to it.
 //  L8. Over TLS, the TLS server does the handshake on a goroutine; a
 //      connection that negotiated HTTP/1.1 is then adopted by a loop (the
-//      one with the fewest connections), which reads and writes its socket under crypto/tls
-//      (loop_tls_linux.go) by L1–L7. What it hands over (L3, L4) goes to
+//      one with the fewest connections), which reads and writes its
+//      socket under crypto/tls (loop_tls_linux.go) by L1–L7. What it hands over (L3, L4) goes to
 //      that TLS server's goroutine engine, still a TLS connection. h2
 //      connections stay with net/http.
 

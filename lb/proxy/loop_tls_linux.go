@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"net/netip"
 	"syscall"
 	"time"
 
@@ -184,7 +183,7 @@ func (s *LoopServer) AdoptTLS(tc *tls.Conn, hand *chanListener) bool {
 	l.laddr, l.raddr = l.nc.LocalAddr(), l.nc.RemoteAddr()
 	_ = l.nc.Close()
 	l.nc, l.tc, l.fd, l.hand = nil, tc, fd, hand
-	s.leastLoaded().give(newConn{fd: fd, remote: remoteOf(l.raddr), link: l})
+	s.leastLoaded().give(newConn{fd: fd, remote: remoteAddr(l.raddr), link: l})
 	return true
 }
 
@@ -252,11 +251,4 @@ func (lp *loop) goodbye(c *client) {
 	if len(c.out) > 0 {
 		_, _ = rawWrite(c.fd, c.out)
 	}
-}
-
-func remoteOf(a net.Addr) netip.Addr {
-	if t, ok := a.(*net.TCPAddr); ok {
-		return t.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
 }
