@@ -88,6 +88,8 @@ type options struct {
 	keep        bool
 	noHalf      bool
 	lbEnv       string
+	lbBEnv      string
+	lbBBin      string
 	hapThreads  int
 	engine      string
 }
@@ -111,6 +113,8 @@ func main() {
 	flag.IntVar(&o.hapThreads, "haproxy-threads", 2, "HAProxy's nbthread (experiments)")
 	flag.StringVar(&o.engine, "gwnomad-engine", "event-loop", "gwnomad's [proxy] engine: event-loop or goroutines (TLS handshakes are goroutines' either way)")
 	flag.StringVar(&o.lbEnv, "gwnomad-env", "", "extra environment of the gwnomad process, comma-separated (experiments, e.g. GOMAXPROCS=1)")
+	flag.StringVar(&o.lbBEnv, "gwnomad-b-env", "", "environment of target gwnomad-b, a second gwnomad side by side (A/B experiments), comma-separated")
+	flag.StringVar(&o.lbBBin, "gwnomad-b-bin", "", "gwnomad binary of target gwnomad-b (A/B experiments: another build; default: the same as gwnomad's)")
 	flag.Parse()
 	o.targets = strings.Split(targets, ",")
 	if o.label == "" {
@@ -228,12 +232,16 @@ func (r *rig) setup(ctx context.Context, o options) error {
 		var t *target
 		var err error
 		switch name {
-		case "gwnomad":
+		case "gwnomad", "gwnomad-b":
 			var env []string
-			if o.lbEnv != "" {
-				env = strings.Split(o.lbEnv, ",")
+			if e := map[bool]string{true: o.lbEnv, false: o.lbBEnv}[name == "gwnomad"]; e != "" {
+				env = strings.Split(e, ",")
 			}
-			t, err = r.startGwnomad(ctx, o.profile != "", env, o.profileMode, o.engine)
+			bin := filepath.Join(r.bin, "gwnomad")
+			if name == "gwnomad-b" && o.lbBBin != "" {
+				bin = o.lbBBin
+			}
+			t, err = r.startGwnomad(ctx, name, bin, o.profile != "" && name == "gwnomad", env, o.profileMode, o.engine)
 		case "haproxy":
 			t, err = r.startHAProxy(o.hapThreads)
 		case "caddy":
@@ -403,9 +411,9 @@ func freePorts(n int) ([]int, error) { return devstack.FreePorts(n) }
 // ACME challenges and redirects to HTTPS (308), so plain HTTP proxying is
 // measured on a second process with tls.mode off. In-process (profiling)
 // runs one balancer: the plain one, or the TLS one for -profile-mode tls.
-func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string, profileMode, engine string) (*target, error) {
-	accessLog := filepath.Join(r.dir, "gwnomad-access.log")
-	t := &target{name: "gwnomad", accessLog: accessLog}
+func (r *rig) startGwnomad(ctx context.Context, name, bin string, inProcess bool, env []string, profileMode, engine string) (*target, error) {
+	accessLog := filepath.Join(r.dir, name+"-access.log")
+	t := &target{name: name, accessLog: accessLog}
 	for _, mode := range []string{"plain", "tls"} {
 		if inProcess && mode != profileMode {
 			continue
@@ -428,7 +436,7 @@ func (r *rig) startGwnomad(ctx context.Context, inProcess bool, env []string, pr
 [consul]
 address = %q
 register = true
-service_id = "gwnomad-lb-bench-%s"
+service_id = "%s-lb-bench-%s"
 
 [tls]
 %s
@@ -445,8 +453,8 @@ hosts = ["*"]
 service = "apim-gateway"
 port = "passthru_http"
 policy = "round_robin"
-`, mode, listen, r.stack.Consul.HTTPAddr, mode, tlsCfg, engine, accessLog+"."+mode)
-		file := filepath.Join(r.dir, "lb-"+mode+".toml")
+`, mode, listen, r.stack.Consul.HTTPAddr, name, mode, tlsCfg, engine, accessLog+"."+mode)
+		file := filepath.Join(r.dir, strings.TrimPrefix(name+"-", "gwnomad-")+"lb-"+mode+".toml")
 		if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
@@ -469,7 +477,7 @@ policy = "round_robin"
 			}
 			r.inproc = l
 		} else {
-			c, _, err := r.start(filepath.Join(r.bin, "gwnomad"), env, "lb", "--config", file)
+			c, _, err := r.start(bin, env, "lb", "--config", file)
 			if err != nil {
 				return nil, err
 			}

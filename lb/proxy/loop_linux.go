@@ -32,15 +32,15 @@ import (
 // and its parts: the route table and selectors, passive health, the retry
 // budget, the header rules, metrics and the access log. Its own rules:
 //
-//  L1. One loop per processor (GOMAXPROCS), each on an OS thread of its
-//      own, waiting in epoll_wait; all accept from the one listening
-//      socket. A loop that accepts a connection while another loop has
-//      fewer gives it to that one (the kernel wakes whichever loop waits,
-//      and one wake-up drains the queue, so the first loop awake would
-//      take a whole burst). A loop owns its client connections and the
-//      gateway connections it opened for them, and only it touches them:
-//      no locks. Its gateway connections are pooled per instance, the one
-//      used last going out first.
+//  L1. One loop per processor (GOMAXPROCS at start, L9), each on an OS
+//      thread of its own, waiting in epoll_wait; all accept from the one
+//      listening socket. A loop that accepts a connection while another
+//      loop has fewer gives it to that one (the kernel wakes whichever
+//      loop waits, and one wake-up drains the queue, so the first loop
+//      awake would take a whole burst). A loop owns its client
+//      connections and the gateway connections it opened for them, and
+//      only it touches them: no locks. Its gateway connections are pooled
+//      per instance, the one used last going out first.
 //  L2. A loop serves HTTP/1.1 requests without a body (GET, HEAD, DELETE,
 //      … with no Content-Length or 0) in origin form, to routes of scheme
 //      http, one at a time per connection (pipelined requests wait their
@@ -72,6 +72,15 @@ import (
 //      socket under crypto/tls (loop_tls_linux.go) by L1–L7. What it hands over (L3, L4) goes to
 //      that TLS server's goroutine engine, still a TLS connection. h2
 //      connections stay with net/http.
+//  L9. The process runs with one P more than it has loops: GOMAXPROCS is
+//      raised once, to its value at start plus one, when the first loop
+//      server starts. A loop waits in epoll_wait inside a system call;
+//      while every P is held so, the runtime's monitor takes one back every
+//      20 µs and starts a thread that finds nothing to run and sleeps
+//      again. An idle P stops that churn (per request under wrk, nanosleep
+//      calls 0.2 → 0.05, futex 0.06 → 0.02, context switches 0.6 → 0.45,
+//      HAProxy's figure; BENCHMARKS.md). The goroutines (handshakes, h2,
+//      discovery) use the spare P when the loops leave it idle.
 
 const (
 	loopMaxAnswer   = 1 << 20                // the most a loop buffers of one answer (L2)
@@ -81,6 +90,17 @@ const (
 	loopFirstBuffer = 4 << 10                // a gateway connection's first read buffer
 	loopKeepBuffer  = 64 << 10               // larger buffers are dropped after their answer
 )
+
+// loopProcs is the number of loops of a server: GOMAXPROCS as the process
+// started, before L9 raised it.
+var loopProcs = runtime.GOMAXPROCS(0)
+
+// spareP raises GOMAXPROCS by one, once (L9).
+var spareP = sync.OnceFunc(func() {
+	if runtime.GOMAXPROCS(0) <= loopProcs {
+		runtime.GOMAXPROCS(loopProcs + 1)
+	}
+})
 
 // LoopServer is the event-loop engine for one plain listener.
 type LoopServer struct {
@@ -149,7 +169,7 @@ func (s *LoopServer) Serve(ln net.Listener) error {
 	}
 	s.ln = ln
 	s.hand = newChanListener(addr)
-	for range runtime.GOMAXPROCS(0) {
+	for range loopProcs {
 		lp, err := newLoop(s)
 		if err != nil {
 			for _, lp := range s.loops {
@@ -165,6 +185,7 @@ func (s *LoopServer) Serve(ln net.Listener) error {
 	}
 	s.serving = true
 	s.mu.Unlock()
+	spareP()
 
 	go func() { _ = s.fast.Serve(s.hand) }()
 	var wg sync.WaitGroup

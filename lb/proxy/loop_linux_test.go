@@ -561,7 +561,7 @@ func refDecode(enc []byte) (body, after []byte, err error) {
 // one loop, which would otherwise accept the whole burst itself.
 func TestLoopSpreadsConnections(t *testing.T) {
 	a := backend(t, "a", 200)
-	if runtime.GOMAXPROCS(0) < 2 {
+	if loopProcs < 2 {
 		t.Skip("one processor: one loop")
 	}
 	lb := startLoop(t, Options{}, loopSopt, addr(a))
@@ -602,6 +602,22 @@ func TestLoopSpreadsConnections(t *testing.T) {
 }
 
 // waitServing waits until s's Serve started its loops.
+// TestLoopLeavesASpareP: L9. Two servers have a loop per processor each,
+// and the process one P more than that, not two.
+func TestLoopLeavesASpareP(t *testing.T) {
+	a := backend(t, "a", 200)
+	for range 2 {
+		lb := startLoop(t, Options{}, loopSopt, addr(a))
+		waitServing(t, lb.loop)
+		if len(lb.loop.loops) != loopProcs {
+			t.Errorf("%d loops, want %d (GOMAXPROCS at start)", len(lb.loop.loops), loopProcs)
+		}
+		if got := runtime.GOMAXPROCS(0); got != loopProcs+1 {
+			t.Errorf("GOMAXPROCS %d while serving, want %d", got, loopProcs+1)
+		}
+	}
+}
+
 func waitServing(t *testing.T, s *LoopServer) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
