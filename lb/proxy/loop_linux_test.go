@@ -618,7 +618,7 @@ func TestLoopLeavesASpareP(t *testing.T) {
 	}
 }
 
-func waitServing(t *testing.T, s *LoopServer) {
+func waitServing(t testing.TB, s *LoopServer) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -1,7 +1,10 @@
+//go:build linux
+
 package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -29,16 +32,23 @@ const idleClientsEnv = "GWNOMAD_IDLE_CLIENTS" // "addr count" for the helper pro
 // request), held by a helper process so that the descriptors of both ends
 // do not share one limit. Metrics: heap bytes per instance, heap+stack
 // bytes per idle connection, and the process's RSS growth per connection;
-// for each engine.
+// for each engine, over plain HTTP and over TLS (TLS 1.3, HTTP/1.1: on the
+// loops, a TLS connection stays a crypto/tls Conn after its handshake, L8).
 //
 //	go test ./lb/proxy -run '^$' -bench Memory -benchtime 1x
 func BenchmarkMemory1000Instances10kIdleConns(b *testing.B) {
 	for _, engine := range []string{"goroutines", "event-loop"} {
-		b.Run(engine, func(b *testing.B) { benchmarkMemory(b, engine == "event-loop") })
+		for _, tlsOn := range []bool{false, true} {
+			name := engine
+			if tlsOn {
+				name += "-tls"
+			}
+			b.Run(name, func(b *testing.B) { benchmarkMemory(b, engine == "event-loop", tlsOn) })
+		}
 	}
 }
 
-func benchmarkMemory(b *testing.B, loop bool) {
+func benchmarkMemory(b *testing.B, loop, tlsOn bool) {
 	const instances, conns = 1000, 10000
 	raiseNoFile(b)
 	backend := fastBackend(b)
@@ -64,15 +74,39 @@ func benchmarkMemory(b *testing.B, loop bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if loop {
+	var ls *LoopServer // the loops, which must hold every connection
+	switch {
+	case tlsOn:
+		// The TLS server over ln; with the loops, a loop server
+		// without a listener of its own adopts its connections.
+		srv := &TLSServer{Fast: p.NewFastServer(sopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{selfSigned(b)}, SessionTicketsDisabled: true}, IdleTimeout: sopt.IdleTimeout}
+		if loop {
+			ls = p.NewLoopServer(sopt)
+			srv.Loop = ls
+			go func() { _ = ls.Serve(nil) }()
+		}
+		go func() { _ = srv.Serve(ln) }()
+		b.Cleanup(func() {
+			ctx, cancel := contextWithTimeout(10 * time.Second)
+			defer cancel()
+			_ = srv.Shutdown(ctx)
+			if srv.Loop != nil {
+				_ = srv.Loop.Shutdown(ctx)
+			}
+		})
+		if loop {
+			waitServing(b, srv.Loop)
+		}
+	case loop:
 		srv := p.NewLoopServer(sopt)
+		ls = srv
 		go func() { _ = srv.Serve(ln) }()
 		b.Cleanup(func() {
 			ctx, cancel := contextWithTimeout(10 * time.Second)
 			defer cancel()
 			_ = srv.Shutdown(ctx)
 		})
-	} else {
+	default:
 		srv := p.NewFastServer(sopt)
 		go func() { _ = srv.Serve(ln) }()
 		b.Cleanup(func() { _ = srv.Shutdown() })
@@ -84,7 +118,7 @@ func benchmarkMemory(b *testing.B, loop bool) {
 		b.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run", "^TestHelperIdleClients$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d", idleClientsEnv, ln.Addr(), conns))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %t", idleClientsEnv, ln.Addr(), conns, tlsOn))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -104,6 +138,15 @@ func benchmarkMemory(b *testing.B, loop bool) {
 		b.Fatal("helper did not open its connections")
 	}
 	m3 := memNow()
+	if ls != nil {
+		held := 0
+		for _, lp := range ls.loops {
+			held += int(lp.load.Load())
+		}
+		if held != conns {
+			b.Fatalf("the loops hold %d connections, want %d", held, conns)
+		}
+	}
 	for b.Loop() {
 	}
 	b.ReportMetric(float64(m1.heap-m0.heap)/instances, "heap-B/instance")
@@ -146,8 +189,8 @@ func raiseNoFile(tb testing.TB) {
 }
 
 // TestHelperIdleClients is the helper process of the memory benchmark: it
-// opens the connections, sends one request on each, then keeps them idle
-// until its stdin closes. It does nothing in a normal test run.
+// opens the connections (TLS ones with ALPN http/1.1), sends one request on
+// each, then keeps them idle until its stdin closes. It does nothing in a normal test run.
 func TestHelperIdleClients(t *testing.T) {
 	spec := os.Getenv(idleClientsEnv)
 	if spec == "" {
@@ -155,7 +198,8 @@ func TestHelperIdleClients(t *testing.T) {
 	}
 	var addr string
 	var n int
-	if _, err := fmt.Sscan(spec, &addr, &n); err != nil {
+	var tlsOn bool
+	if _, err := fmt.Sscan(spec, &addr, &n, &tlsOn); err != nil {
 		t.Fatal(err)
 	}
 	raiseNoFile(t)
@@ -169,7 +213,13 @@ func TestHelperIdleClients(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := net.Dial("tcp", addr)
+			var c net.Conn
+			var err error
+			if tlsOn {
+				c, err = tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			} else {
+				c, err = net.Dial("tcp", addr)
+			}
 			if err != nil {
 				errc <- err
 				return
