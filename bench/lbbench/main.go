@@ -233,13 +233,16 @@ func (r *rig) setup(ctx context.Context, o options) error {
 		var err error
 		switch name {
 		case "gwnomad", "gwnomad-b":
-			var env []string
-			if e := map[bool]string{true: o.lbEnv, false: o.lbBEnv}[name == "gwnomad"]; e != "" {
-				env = strings.Split(e, ",")
+			bin, envList := filepath.Join(r.bin, "gwnomad"), o.lbEnv
+			if name == "gwnomad-b" {
+				envList = o.lbBEnv
+				if o.lbBBin != "" {
+					bin = o.lbBBin
+				}
 			}
-			bin := filepath.Join(r.bin, "gwnomad")
-			if name == "gwnomad-b" && o.lbBBin != "" {
-				bin = o.lbBBin
+			var env []string
+			if envList != "" {
+				env = strings.Split(envList, ",")
 			}
 			t, err = r.startGwnomad(ctx, name, bin, o.profile != "" && name == "gwnomad", env, o.profileMode, o.engine)
 		case "haproxy":
@@ -454,7 +457,10 @@ service = "apim-gateway"
 port = "passthru_http"
 policy = "round_robin"
 `, mode, listen, r.stack.Consul.HTTPAddr, name, mode, tlsCfg, engine, accessLog+"."+mode)
-		file := filepath.Join(r.dir, strings.TrimPrefix(name+"-", "gwnomad-")+"lb-"+mode+".toml")
+		file := filepath.Join(r.dir, "lb-"+mode+".toml") // saved with the run's results
+		if name != "gwnomad" {
+			file = filepath.Join(r.dir, name+"-lb-"+mode+".toml")
+		}
 		if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}

@@ -69,9 +69,9 @@ import (
 //  L8. Over TLS, the TLS server does the handshake on a goroutine; a
 //      connection that negotiated HTTP/1.1 is then adopted by a loop (the
 //      one with the fewest connections), which reads and writes its
-//      socket under crypto/tls (loop_tls_linux.go) by L1–L7. What it hands over (L3, L4) goes to
-//      that TLS server's goroutine engine, still a TLS connection. h2
-//      connections stay with net/http.
+//      socket under crypto/tls (loop_tls_linux.go) by L1–L7. What it
+//      hands over (L3, L4) goes to that TLS server's goroutine engine,
+//      still a TLS connection. h2 connections stay with net/http.
 //  L9. The process runs with one P more than it has loops: GOMAXPROCS is
 //      raised once, to its value at start plus one, when the first loop
 //      server starts. A loop waits in epoll_wait inside a system call;
