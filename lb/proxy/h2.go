@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	}
 	var o outcome
 	client := remoteFromString(hr.RemoteAddr)
+	if !sameAuthority(hr) {
+		if r != nil {
+			p.record(r, &o, http.StatusBadRequest, start)
+		}
+		http.Error(w, "gwnomad-lb: Host differs from :authority", http.StatusBadRequest)
+		return
+	}
 	if r == nil {
 		o.noRoute = true
 		p.record(nil, &o, http.StatusNotFound, start)
@@ -43,6 +51,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	req.Header.SetHost(hr.Host)
 	req.UseHostHeader = true
 	for k, vs := range hr.Header {
+		if k == "Host" { // the same as :authority (sameAuthority), set above
+			continue
+		}
 		for _, v := range vs {
 			req.Header.Add(k, v)
 		}
@@ -98,6 +109,29 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 			Route: r, Upstream: o.up, Tries: o.tries, Err: o.err,
 		})
 	}
+}
+
+// sameAuthority tells whether hr's Host header, if it has one, names what
+// its :authority does (RFC 9113 section 8.3.1: a request whose two differ is
+// malformed). They are compared as RFC 3986 section 6.2.3 normalizes them:
+// host names without case, the scheme's default port the same as none.
+// net/http's server takes :authority as hr.Host (the Host header only when
+// :authority is absent) and leaves the Host header among the others, so a
+// request with both would be routed by one and reach the gateway with the
+// other. More than one Host header is malformed too (RFC 9110 section 7.2).
+func sameAuthority(hr *http.Request) bool {
+	vs, ok := hr.Header["Host"]
+	if !ok {
+		return true
+	}
+	if len(vs) != 1 {
+		return false
+	}
+	port := ":80"
+	if hr.TLS != nil {
+		port = ":443"
+	}
+	return strings.EqualFold(strings.TrimSuffix(vs[0], port), strings.TrimSuffix(hr.Host, port))
 }
 
 func remoteFromString(s string) netip.Addr {
