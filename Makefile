@@ -25,7 +25,7 @@ build:
 
 # Real agents, built from the Go module proxy as tool dependencies of their own
 # modules (the main module stays free of their dependencies).
-tools: $(BIN)/consul $(BIN)/nomad $(BIN)/pebble
+tools: $(BIN)/consul $(BIN)/nomad $(BIN)/pebble $(BIN)/h2spec
 
 $(BIN)/consul: tools/consul/go.mod
 	cd tools/consul && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install tool
@@ -35,6 +35,9 @@ $(BIN)/nomad: tools/nomad/go.mod
 PEBBLE_VERSION := $(shell awk '$$1=="github.com/letsencrypt/pebble/v2"{print $$2}' tools/pebble/go.mod)
 $(BIN)/pebble: tools/pebble/go.mod
 	cd tools/pebble && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install -ldflags "-X main.version=$(PEBBLE_VERSION)" tool
+# HTTP/2 conformance of the LB's HTTPS listener (lb/h2spec_test.go).
+$(BIN)/h2spec: tools/h2spec/go.mod
+	cd tools/h2spec && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install tool
 
 # What CI runs: static checks, unit and integration tests against real
 # Consul, Nomad, Pebble and Chromium (the resilience suite included: about
