@@ -18,7 +18,11 @@ var hopHeaders = []string{
 
 // stripHopRequest drops hop-by-hop headers; keepUpgrade keeps Connection:
 // Upgrade and Upgrade (for an upgrade that is forwarded as such).
+//
+// A request goes on with the headers the client gave it and no others:
+// fasthttp would add a Content-Type to one with a body.
 func stripHopRequest(h *fasthttp.RequestHeader, keepUpgrade bool) {
+	h.SetNoDefaultContentType(true)
 	if conn := h.Peek("Connection"); len(conn) > 0 {
 		forEachToken(conn, func(tok []byte) {
 			if !keepUpgrade || !bytes.EqualFold(tok, []byte("upgrade")) {
@@ -55,7 +59,11 @@ func stripHopResponse(h *fasthttp.ResponseHeader) {
 }
 
 // forEachToken calls f for each comma-separated token of v, trimmed; it
-// skips "close" and "keep-alive", which fasthttp handles.
+// skips "close" and "keep-alive", which fasthttp handles, and the fields
+// that route and frame a message (Host, Content-Length,
+// Transfer-Encoding): a client naming them in Connection must not strip
+// them on their way to the gateway (RFC 9110 §7.6.1 lets a sender list
+// only hop-by-hop fields).
 func forEachToken(v []byte, f func([]byte)) {
 	for len(v) > 0 {
 		i := bytes.IndexByte(v, ',')
@@ -66,7 +74,8 @@ func forEachToken(v []byte, f func([]byte)) {
 			tok, v = v[:i], v[i+1:]
 		}
 		tok = bytes.TrimSpace(tok)
-		if len(tok) == 0 || bytes.EqualFold(tok, []byte("close")) || bytes.EqualFold(tok, []byte("keep-alive")) {
+		if len(tok) == 0 || bytes.EqualFold(tok, []byte("close")) || bytes.EqualFold(tok, []byte("keep-alive")) ||
+			bytes.EqualFold(tok, []byte("host")) || bytes.EqualFold(tok, []byte("content-length")) || bytes.EqualFold(tok, []byte("transfer-encoding")) {
 			continue
 		}
 		f(tok)
@@ -74,32 +83,70 @@ func forEachToken(v []byte, f func([]byte)) {
 }
 
 // setForwarded sets X-Forwarded-For/-Proto/-Host. A trusted client's values
-// are kept (For is appended to); anyone else's are replaced.
+// are kept (For is appended to, its copies joined in order; one Proto and
+// one Host are kept, several are replaced); anyone else's are removed,
+// every copy (fasthttp's Set replaces only the first), with Forwarded and
+// X-Real-IP, which the balancer does not set but a gateway may believe.
 func (p *Proxy) setForwarded(h *fasthttp.RequestHeader, client netip.Addr, isTLS bool) {
 	trusted := p.trusted(client)
-	var arr [128]byte
+	var arr [256]byte
 	b := arr[:0]
+	protoAt, hostAt := -1, -1 // a trusted client's values, copied into b
 	if trusted {
-		if prior := h.Peek("X-Forwarded-For"); len(prior) > 0 {
-			b = append(b, prior...)
-			b = append(b, ", "...)
+		if v := h.PeekAll("X-Forwarded-Proto"); len(v) == 1 && len(v[0]) > 0 {
+			protoAt = len(b)
+			b = append(b, v[0]...)
 		}
+		pEnd := len(b)
+		if v := h.PeekAll("X-Forwarded-Host"); len(v) == 1 && len(v[0]) > 0 {
+			hostAt = len(b)
+			b = append(b, v[0]...)
+		}
+		hEnd := len(b)
+		forAt := len(b)
+		for _, prior := range h.PeekAll("X-Forwarded-For") {
+			if len(prior) > 0 {
+				b = append(b, prior...)
+				b = append(b, ", "...)
+			}
+		}
+		if client.IsValid() {
+			b = client.AppendTo(b)
+		}
+		h.Del("X-Forwarded-For")
+		h.Del("X-Forwarded-Proto")
+		h.Del("X-Forwarded-Host")
+		h.SetBytesV("X-Forwarded-For", b[forAt:])
+		if protoAt >= 0 {
+			h.SetBytesV("X-Forwarded-Proto", b[protoAt:pEnd])
+		}
+		if hostAt >= 0 {
+			h.SetBytesV("X-Forwarded-Host", b[hostAt:hEnd])
+		}
+	} else {
+		for _, k := range spoofable {
+			h.Del(k)
+		}
+		if client.IsValid() {
+			b = client.AppendTo(b)
+		}
+		h.SetBytesV("X-Forwarded-For", b)
 	}
-	if client.IsValid() {
-		b = client.AppendTo(b)
-	}
-	h.SetBytesV("X-Forwarded-For", b)
-	if !trusted || len(h.Peek("X-Forwarded-Proto")) == 0 {
+	if protoAt < 0 {
 		if isTLS {
 			h.Set("X-Forwarded-Proto", "https")
 		} else {
 			h.Set("X-Forwarded-Proto", "http")
 		}
 	}
-	if !trusted || len(h.Peek("X-Forwarded-Host")) == 0 {
+	if hostAt < 0 {
 		h.SetBytesV("X-Forwarded-Host", h.Host())
 	}
 }
+
+// spoofable are the headers that say who the client is or how it came:
+// from an untrusted client, none of its copies goes on.
+var spoofable = []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip"}
 
 func (p *Proxy) trusted(a netip.Addr) bool {
 	for _, pf := range p.opt.Trusted {

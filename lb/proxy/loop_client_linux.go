@@ -24,6 +24,7 @@ type client struct {
 	seq        int32
 	state      uint8
 	readable   bool // an edge came that was not read to its end
+	hup        bool // the client closed its side (or the socket failed): reads never wait again
 	closeAfter bool
 	remote     netip.Addr
 	buf        []byte   // read and not served yet: a partial head, or pipelined requests
@@ -37,6 +38,7 @@ const (
 	cIdle    = iota // between requests, or reading one
 	cBusy           // its request is at a gateway
 	cWriting        // its answer is being written
+	cGone           // closed, or handed to goroutines: the loop no longer owns it
 )
 
 // exchange is one request and its answer, from the head's arrival to the
@@ -52,6 +54,7 @@ type exchange struct {
 	err       error
 	none      bool
 	noRoute   bool
+	refused   *headFault
 	idem      bool
 	isHead    bool
 	staleTry  bool // L6 was used for this try
@@ -76,7 +79,7 @@ func putExchange(x *exchange) {
 	x.resp.Reset()
 	x.head = x.head[:0]
 	x.route, x.tried, x.tries, x.up, x.err = nil, balancer.Tried{}, 0, nil, nil
-	x.none, x.noRoute, x.idem, x.isHead, x.staleTry = false, false, false, false, false
+	x.none, x.noRoute, x.idem, x.isHead, x.staleTry, x.refused = false, false, false, false, false, nil
 	x.start, x.code, x.bytes, x.gw = time.Time{}, 0, 0, nil
 	x.bodyStart, x.total, x.interim, x.headed = 0, 0, 0, false
 	x.chunked, x.chunk = false, chunkState{}
@@ -84,8 +87,14 @@ func putExchange(x *exchange) {
 }
 
 func (lp *loop) clientEvent(c *client, ev uint32) {
+	if c.state == cGone {
+		return
+	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.readable = true
+		// The end comes as one edge, often with the last bytes: a short
+		// read must not hide it until idle_timeout.
+		c.hup = c.hup || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	}
 	if c.state == cWriting {
 		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -144,7 +153,7 @@ func (lp *loop) readClient(c *client, p []byte) (int, error) {
 		case n == 0:
 			return 0, io.EOF
 		}
-		if n < len(p) {
+		if n < len(p) && !c.hup {
 			c.readable = false // a short read emptied the socket
 		}
 		return n, nil
@@ -187,6 +196,13 @@ func (lp *loop) request(c *client, data []byte) {
 		c.buf = append(c.buf[:0], data...)
 		return
 	}
+	if f := testFault.Load(); f != nil {
+		(*f)("request", lp.s, data[:h])
+	}
+	if f := checkHead(data[:h]); f != nil {
+		lp.refuse(c, data[:h], f)
+		return
+	}
 	x := getExchange()
 	var r *balancer.Route
 	ok := lp.parse(func(br *bufio.Reader) error { return x.hdr.Read(br) }, data[:h]) == nil && servable(&x.hdr)
@@ -223,6 +239,21 @@ func (lp *loop) request(c *client, data []byte) {
 	x.isHead = x.hdr.IsHead()
 	lp.p.budget.request(lp.now.Unix())
 	lp.try(c, x)
+}
+
+// refuse answers a request whose head checkHead refused, and closes c
+// after: what follows the head cannot be told apart from a next request.
+func (lp *loop) refuse(c *client, head []byte, f *headFault) {
+	x := getExchange()
+	_ = lp.parse(func(br *bufio.Reader) error { return x.hdr.Read(br) }, head) // for the access log, as far as it parses
+	c.buf = c.buf[:0]
+	c.x, c.state, c.deadline, c.closeAfter = x, cBusy, 0, true
+	x.start, x.refused = lp.now, f
+	lp.answer.Reset()
+	lp.answer.Header.SetContentType("text/plain; charset=utf-8")
+	lp.answer.SetStatusCode(f.code)
+	lp.answer.SetBodyString("gwnomad-lb: " + f.why + "\n")
+	lp.replyOwn(c)
 }
 
 // servable: what a loop serves itself (L2).
@@ -396,7 +427,7 @@ func (lp *loop) closeClient(c *client) {
 	}
 	lp.forget(c.fd)
 	unix.Close(c.fd)
-	c.fd = -1
+	c.fd, c.state = -1, cGone
 	lp.clients--
 	lp.load.Add(-1)
 }
@@ -411,7 +442,7 @@ func (p *Proxy) recordExchange(remote netip.Addr, x *exchange) {
 	if !x.noRoute {
 		r = x.route
 	}
-	o := outcome{up: x.up, tries: x.tries, err: x.err, none: x.none, noRoute: x.noRoute}
+	o := outcome{up: x.up, tries: x.tries, err: x.err, none: x.none, noRoute: x.noRoute, refused: x.refused}
 	d := time.Since(x.start)
 	p.recordDur(r, &o, x.code, d)
 	if p.opt.AccessLog != nil {

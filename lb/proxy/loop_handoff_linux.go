@@ -43,7 +43,10 @@ func (lp *loop) handOff(c *client, data []byte) {
 // *tls.Conn over TLS), and the goroutine engine that serves it next.
 func (lp *loop) detach(c *client) (net.Conn, *chanListener, error) {
 	fd := c.fd
-	c.fd = -1
+	if fd < 0 {
+		panic(loopFault("detaching a client connection the loop no longer owns"))
+	}
+	c.fd, c.state = -1, cGone
 	lp.clients--
 	lp.load.Add(-1)
 	nc, err := lp.connOf(fd)

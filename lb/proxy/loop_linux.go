@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -81,6 +82,15 @@ import (
 //      calls 0.2 → 0.05, futex 0.06 → 0.02, context switches 0.6 → 0.45,
 //      HAProxy's figure; BENCHMARKS.md). The goroutines (handshakes, h2,
 //      discovery) use the spare P when the loops leave it idle.
+//  L10. A fault never ends the process. A loop that meets a state it
+//      should not (a loopFault) or panics while serving a connection's
+//      event closes that connection and the gateway connection serving it,
+//      counts it (gwnomad_lb_event_loop_faults_total{scope="connection"})
+//      and logs it, and goes on with its other connections. A fault
+//      outside any connection's event (accepting, sweeping) closes all
+//      the loop's connections and starts the loop again ({scope="loop"}).
+//      The log names the fault and where it happened, never a byte a
+//      client sent.
 
 const (
 	loopMaxAnswer   = 1 << 20                // the most a loop buffers of one answer (L2)
@@ -419,6 +429,28 @@ func (lp *loop) run() {
 	events := make([]unix.EpollEvent, 256)
 	lp.clock()
 	lp.nextSweep = lp.nowNano + int64(loopSweep)
+	for !lp.serve(events) {
+	}
+	for _, o := range lp.socks {
+		if g, ok := o.(*gateway); ok {
+			lp.closeGateway(g)
+		}
+	}
+	lp.dropGiven()
+}
+
+// serve runs the loop until it ends (true), or until a fault that no
+// connection's containment caught (false): then the loop's connections
+// are closed and the caller starts it again (L10).
+func (lp *loop) serve(events []unix.EpollEvent) (ended bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			lp.p.m.faultLoop.Inc()
+			lp.p.log.Error("event loop: fault; closing the loop's connections and starting it again", "fault", faultText(v), "at", faultSite())
+			lp.reset()
+			ended = false
+		}
+	}()
 	lp.state()
 	for !(lp.stopped && lp.clients == 0) {
 		n, err := unix.EpollWait(lp.ep, events, int(loopSweep/time.Millisecond))
@@ -430,40 +462,176 @@ func (lp *loop) run() {
 		}
 		lp.clock()
 		for i := range max(n, 0) {
-			e := &events[i]
-			fd := int(e.Fd)
-			switch {
-			case fd == lp.ev:
-				var b [8]byte
-				_, _ = unix.Read(lp.ev, b[:])
-				lp.takeGiven()
-				lp.state()
-			case fd == lp.s.lnfd:
-				lp.accept()
-			case fd < len(lp.socks):
-				switch o := lp.socks[fd].(type) {
-				case *client:
-					if o.seq == e.Pad {
-						lp.clientEvent(o, e.Events)
-					}
-				case *gateway:
-					if o.seq == e.Pad {
-						lp.gatewayEvent(o, e.Events)
-					}
-				}
-			}
+			lp.event(&events[i])
 		}
 		if lp.nowNano >= lp.nextSweep {
 			lp.sweep()
 			lp.nextSweep = lp.nowNano + int64(loopSweep)
 		}
 	}
-	for _, o := range lp.socks {
-		if g, ok := o.(*gateway); ok {
+	return true
+}
+
+// event dispatches one epoll event. A fault while serving a connection
+// closes that connection (and the gateway connection serving it), not
+// the loop (L10).
+func (lp *loop) event(e *unix.EpollEvent) {
+	fd := int(e.Fd)
+	switch {
+	case fd == lp.ev:
+		var b [8]byte
+		_, _ = unix.Read(lp.ev, b[:])
+		lp.takeGiven()
+		lp.state()
+	case fd == lp.s.lnfd:
+		lp.accept()
+	case fd < len(lp.socks):
+		switch o := lp.socks[fd].(type) {
+		case *client:
+			if o.seq == e.Pad {
+				defer lp.contain(o, nil)
+				lp.clientEvent(o, e.Events)
+			}
+		case *gateway:
+			if o.seq == e.Pad {
+				defer lp.contain(o.c, o)
+				lp.gatewayEvent(o, e.Events)
+			}
+		}
+	}
+}
+
+// contain, deferred around a connection's event, turns a fault into the
+// end of that connection (L10): c, and g, the gateway connection of the
+// event (nil for a client's), if c no longer holds it. c is nil for an
+// idle gateway connection.
+func (lp *loop) contain(c *client, g *gateway) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	lp.p.m.faultConn.Inc()
+	lp.p.log.Error("event loop: fault; closing the connection", "fault", faultText(v), "at", faultSite())
+	if c != nil {
+		lp.abandon(c)
+	}
+	if g != nil {
+		func() {
+			defer func() { _ = recover() }()
+			lp.closeGateway(g)
+		}()
+	}
+	lp.tidy()
+}
+
+// abandon closes c and its gateway connection whatever state they are
+// in, as far as it can: c's state may be what the fault left.
+func (lp *loop) abandon(c *client) {
+	defer func() { _ = recover() }()
+	if x := c.x; x != nil {
+		c.x = nil
+		if g := x.gw; g != nil {
+			x.gw = nil
 			lp.closeGateway(g)
 		}
 	}
-	lp.dropGiven()
+	if c.fd >= 0 {
+		fd := c.fd
+		c.fd = -1
+		if fd < len(lp.socks) && lp.socks[fd] == c {
+			lp.forget(fd)
+		}
+		unix.Close(fd)
+		lp.clients--
+		lp.load.Add(-1)
+	}
+	c.state = cGone
+}
+
+// tidy drops from the loop's table the connections that a fault left
+// closed but registered, so that a reused descriptor is not taken for
+// them.
+func (lp *loop) tidy() {
+	for fd, o := range lp.socks {
+		switch o := o.(type) {
+		case *client:
+			if o.fd != fd {
+				lp.socks[fd] = nil
+			}
+		case *gateway:
+			if o.fd != fd {
+				lp.socks[fd] = nil
+			}
+		}
+	}
+}
+
+// reset closes every connection of the loop after a fault that left its
+// state unknown (L10); the listener and what is given to the loop stay.
+func (lp *loop) reset() {
+	for fd, o := range lp.socks {
+		if o == nil {
+			continue
+		}
+		lp.socks[fd] = nil
+		_ = unix.EpollCtl(lp.ep, unix.EPOLL_CTL_DEL, fd, nil)
+		switch o := o.(type) {
+		case *client:
+			if o.fd == fd {
+				unix.Close(fd)
+			}
+			o.fd, o.state = -1, cGone
+		case *gateway:
+			if o.fd == fd {
+				unix.Close(fd)
+				o.ux.loopConns.Add(-1)
+			}
+			if o.c != nil {
+				o.u.Release()
+				o.c = nil
+			}
+			o.fd = -1
+		}
+	}
+	lp.load.Add(-int32(lp.clients))
+	lp.clients = 0
+	lp.pools = map[*balancer.Upstream][]*gateway{}
+}
+
+// loopFault is an unexpected state a loop met (L10).
+type loopFault string
+
+func (f loopFault) Error() string { return "event loop: " + string(f) }
+
+// faultText is a fault's description for the log: the runtime's error or
+// the loop's own text, never a value a client sent.
+func faultText(v any) string {
+	switch v := v.(type) {
+	case loopFault:
+		return string(v)
+	case runtime.Error:
+		return v.Error()
+	case error:
+		return fmt.Sprintf("%T", v)
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// faultSite is the function and line where the fault was raised: the
+// first frame below the runtime's panic machinery.
+func faultSite() string {
+	pcs := make([]uintptr, 16)
+	n := runtime.Callers(3, pcs)
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		f, more := frames.Next()
+		if !strings.HasPrefix(f.Function, "runtime.") {
+			return fmt.Sprintf("%s:%d", f.Function, f.Line)
+		}
+		if !more {
+			return ""
+		}
+	}
 }
 
 // state applies Shutdown (L7).
@@ -503,6 +671,9 @@ func (lp *loop) register(fd int, o any) (int32, error) {
 
 // forget takes fd out of the epoll and the loop (not closing it).
 func (lp *loop) forget(fd int) {
+	if fd < 0 || fd >= len(lp.socks) || lp.socks[fd] == nil {
+		panic(loopFault("forgetting a descriptor the loop does not hold"))
+	}
 	_ = unix.EpollCtl(lp.ep, unix.EPOLL_CTL_DEL, fd, nil)
 	lp.socks[fd] = nil
 }
@@ -569,8 +740,15 @@ func sockaddrIP(sa unix.Sockaddr) netip.Addr {
 	return netip.Addr{}
 }
 
+// testFault, set by tests only, raises faults where a loop serves a
+// request head ("request") and where it sweeps ("sweep"), to prove L10.
+var testFault atomic.Pointer[func(site string, s *LoopServer, head []byte)]
+
 // sweep applies the timeouts (L5).
 func (lp *loop) sweep() {
+	if f := testFault.Load(); f != nil {
+		(*f)("sweep", lp.s, nil)
+	}
 	if lp.lnOff && !lp.stopped && lp.s.lnfd >= 0 {
 		if err := lp.listen(); err != nil {
 			lp.p.log.Warn("event loop: listening again failed", "err", err)

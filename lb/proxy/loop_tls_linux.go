@@ -56,7 +56,7 @@ func (l *tlsLink) Read(p []byte) (int, error) {
 		case err == nil && n == 0 && len(p) > 0:
 			return 0, io.EOF
 		case err == nil:
-			if n < len(p) {
+			if n < len(p) && !c.hup {
 				c.readable = false // a short read emptied the socket; the next byte brings an edge
 			}
 			return n, nil

@@ -13,6 +13,9 @@ type Metrics struct {
 	Ejections       *prometheus.CounterVec   // route, instance
 	NoRoute         prometheus.Counter
 	BudgetExhausted prometheus.Counter
+	// Refused: requests whose head was refused before routing
+	// (strict.go), by status.
+	Refused *prometheus.CounterVec // code
 	// LoopHandoffs: connections the event-loop engine gave to the
 	// goroutine engine (loop_linux.go, L3 and L4), by why.
 	LoopHandoffs *prometheus.CounterVec // why: "request", "answer"
@@ -21,6 +24,13 @@ type Metrics struct {
 	// LoopTLS: TLS connections an event loop took after the handshake
 	// (loop_linux.go, L8).
 	LoopTLS prometheus.Counter
+	// LoopFaults: unexpected states and panics met by an event loop
+	// (loop_linux.go, L10), by scope: "connection" (that connection was
+	// closed, the loop went on) or "loop" (the loop's connections were
+	// closed and it started again).
+	LoopFaults *prometheus.CounterVec // scope
+	faultConn  prometheus.Counter
+	faultLoop  prometheus.Counter
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -48,6 +58,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BudgetExhausted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gwnomad_lb_retry_budget_exhausted_total", Help: "Retries not made because the retry budget was spent.",
 		}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gwnomad_lb_requests_refused_total",
+			Help: "Requests refused before routing because their head is malformed or ambiguous (request smuggling), by status.",
+		}, []string{"code"}),
 		LoopHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gwnomad_lb_event_loop_handoffs_total",
 			Help: "Client connections the event-loop engine handed to the goroutine engine, by why: a request it does not serve itself (a body, an upgrade, ...) or an answer it does not hold whole (chunked, large).",
@@ -57,10 +71,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "HTTPS connections (HTTP/1.1) served by the event-loop engine after their handshake; the others (h2, or the loops not serving) are the goroutines'.",
 		}),
 	}
+	m.LoopFaults = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gwnomad_lb_event_loop_faults_total",
+		Help: "Faults an event loop contained, by scope: connection (that client connection and its gateway connection were closed) or loop (all the loop's connections were closed and the loop restarted). Any is a bug: please report it.",
+	}, []string{"scope"})
+	m.faultConn = m.LoopFaults.WithLabelValues("connection")
+	m.faultLoop = m.LoopFaults.WithLabelValues("loop")
 	m.handRequest = m.LoopHandoffs.WithLabelValues("request")
 	m.handAnswer = m.LoopHandoffs.WithLabelValues("answer")
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.LoopHandoffs, m.LoopTLS)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.Refused, m.LoopHandoffs, m.LoopTLS, m.LoopFaults)
 	}
 	return m
 }

@@ -376,7 +376,8 @@ type outcome struct {
 	tries   int
 	err     error
 	noRoute bool
-	none    bool // no instance to try
+	none    bool       // no instance to try
+	refused *headFault // the head was refused (strict.go)
 }
 
 // forward sends req to the route's instances by the retry rules and leaves
@@ -451,6 +452,10 @@ func (p *Proxy) failure(r *balancer.Route, u *balancer.Upstream, ux *upstreamExt
 // ServeFast is the fasthttp handler.
 func (p *Proxy) ServeFast(ctx *fasthttp.RequestCtx) {
 	start := ctx.Time()
+	if f := checkRequest(ctx.Method(), ctx.Request.Header.RequestURI(), ctx.Request.Header.Protocol(), ctx.Request.Header.RawHeaders()); f != nil {
+		p.refuse(ctx, f, start)
+		return
+	}
 	t := p.table.Load()
 	var r *balancer.Route
 	if t != nil {
@@ -483,6 +488,18 @@ func (p *Proxy) ServeFast(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.Set("Strict-Transport-Security", p.opt.HSTS)
 	}
 	p.done(ctx, r, &o, start)
+}
+
+// refuse answers a request whose head checkRequest refused, and closes
+// the connection: what follows the head cannot be told apart from a next
+// request.
+func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, f *headFault, start time.Time) {
+	ctx.Response.Reset()
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.Response.SetStatusCode(f.code)
+	ctx.Response.SetBodyString("gwnomad-lb: " + f.why + "\n")
+	ctx.SetConnectionClose()
+	p.done(ctx, nil, &outcome{refused: f}, start)
 }
 
 // writeError answers for the gateways when none did.
@@ -522,6 +539,10 @@ func (p *Proxy) record(r *balancer.Route, o *outcome, code int, start time.Time)
 }
 
 func (p *Proxy) recordDur(r *balancer.Route, o *outcome, code int, d time.Duration) {
+	if o.refused != nil {
+		p.m.Refused.WithLabelValues(strconv.Itoa(code)).Inc()
+		return
+	}
 	if r == nil {
 		p.m.NoRoute.Inc()
 		return
