@@ -3,14 +3,18 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/gwnomad/gwnomad/lb/balancer"
 )
@@ -71,7 +75,8 @@ const (
 
 // NewAccessLog writes to w; warnings about w (lines dropped, failed writes)
 // go to logger (nil: none). The values of the query parameters named in
-// redact (compared ignoring case) are written as REDACTED.
+// redact (compared as decoded, ignoring case: appendURI) are written as
+// REDACTED.
 func NewAccessLog(w io.Writer, logger *slog.Logger, redact ...string) *AccessLog {
 	names := make([][]byte, len(redact))
 	for i, n := range redact {
@@ -294,7 +299,13 @@ func appendJSONString(b []byte, s string) []byte {
 const hexDigits = "0123456789abcdef"
 
 // appendURI appends uri as a JSON string, with the value of every query
-// parameter named in redact written as REDACTED.
+// parameter named in redact written as REDACTED. A name is compared as
+// the gateway reads it, not as sent: percent-escapes and '+' decoded
+// (repeatedly, since a chain of proxies may decode more than once) and
+// case ignored, so that "a%70ikey", "APIKEY" or "api%4Bey" are apikey.
+// Parameters are separated by '&' and by ';' (which some servers take as
+// '&'); each one of a repeated name is redacted. What is not redacted is
+// kept as sent.
 func appendURI(b, uri []byte, redact [][]byte) []byte {
 	q := bytes.IndexByte(uri, '?')
 	if q < 0 || len(redact) == 0 {
@@ -302,26 +313,75 @@ func appendURI(b, uri []byte, redact [][]byte) []byte {
 	}
 	b = appendJSONChars(append(b, '"'), uri[:q+1])
 	for rest := uri[q+1:]; ; {
-		param, next, more := bytes.Cut(rest, []byte{'&'})
+		end := bytes.IndexAny(rest, "&;")
+		param := rest
+		if end >= 0 {
+			param = rest[:end]
+		}
 		if name, _, ok := bytes.Cut(param, []byte{'='}); ok && named(name, redact) {
 			b = append(appendJSONChars(b, name), "=REDACTED"...)
 		} else {
 			b = appendJSONChars(b, param)
 		}
-		if !more {
+		if end < 0 {
 			return append(b, '"')
 		}
-		b, rest = append(b, '&'), next
+		b, rest = append(b, rest[end]), rest[end+1:]
 	}
 }
 
+// maxUnescapes bounds how many times a parameter name is decoded.
+const maxUnescapes = 4
+
+// named tells whether name, decoded as a query parameter's name, is one
+// of names (ignoring case).
 func named(name []byte, names [][]byte) bool {
+	var arr [64]byte // longer names (rare) make append allocate
+	dec := name
+	for range maxUnescapes {
+		if bytes.IndexByte(dec, '%') < 0 && bytes.IndexByte(dec, '+') < 0 {
+			break
+		}
+		dec = unescapeName(arr[:0], dec)
+	}
 	for _, n := range names {
-		if bytes.EqualFold(name, n) {
+		if bytes.EqualFold(dec, n) {
 			return true
 		}
 	}
 	return false
+}
+
+// unescapeName appends s to dst with "%XX" decoded and '+' as a space,
+// as a query is decoded; a '%' not followed by two hex digits stays.
+// dst may be s[:0]: each byte written consumes at least one read.
+func unescapeName(dst, s []byte) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '+':
+			c = ' '
+		case c == '%' && i+2 < len(s) && isEscHex(s[i+1]) && isEscHex(s[i+2]):
+			c = unhexEsc(s[i+1])<<4 | unhexEsc(s[i+2])
+			i += 2
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+func isEscHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhexEsc(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
 }
 
 // appendJSON appends s as a JSON string (invalid UTF-8 becomes U+FFFD).
@@ -354,4 +414,83 @@ func appendJSONChars(b, s []byte) []byte {
 		i += size
 	}
 	return b
+}
+
+// logRejected writes the access log line of a request that fasthttp
+// refused before the handler (NewFastServer's ErrorHandler: 400, 408,
+// 413, 431), with what was parsed of it. fasthttp resets a header it
+// could not parse, so such a line has no method, host or URI; a header
+// that was parsed (a body too large, a bad URI) gives them, redacted as
+// any other line. err is logged without the bytes it quotes.
+func (p *Proxy) logRejected(ctx *fasthttp.RequestCtx, err error) {
+	if p.opt.AccessLog == nil {
+		return
+	}
+	e := Entry{
+		Start: time.Now(), Remote: remoteAddr(ctx.RemoteAddr()),
+		Status: ctx.Response.StatusCode(), Bytes: len(ctx.Response.Body()),
+	}
+	if h := &ctx.Request.Header; h.Len() > 0 { // else reset: Method() and RequestURI() would say "GET /"
+		e.Method, e.Host, e.URI, e.Proto = h.Method(), h.Host(), h.RequestURI(), h.Protocol()
+	}
+	if err != nil {
+		e.Err = errors.New(scrubClientBytes(err.Error()))
+	}
+	p.opt.AccessLog.Write(&e)
+}
+
+// scrubClientBytes removes from a message of fasthttp's (an error, a log
+// line) the bytes of the peer that it quotes, which may hold credentials
+// (Authorization, Cookie, ?apikey=): the buffer dump from "contents:" on
+// that its header errors end with, and every quoted string (%q: a request
+// line, a header name or value, the buffer) but those that are only an IP
+// address and port (the connection's ends, which its error lines name).
+// A quoted string becomes "…", one cut short drops what follows.
+func scrubClientBytes(msg string) string {
+	if i := strings.Index(msg, "contents:"); i >= 0 {
+		msg = strings.TrimRight(msg[:i], ", ")
+	}
+	if strings.IndexByte(msg, '"') < 0 {
+		return msg
+	}
+	var b strings.Builder
+	b.Grow(len(msg))
+	for {
+		i := strings.IndexByte(msg, '"')
+		if i < 0 {
+			b.WriteString(msg)
+			return b.String()
+		}
+		b.WriteString(msg[:i])
+		j := closingQuote(msg, i+1)
+		if j < 0 {
+			b.WriteString(`"…"`)
+			return b.String()
+		}
+		if u, err := strconv.Unquote(msg[i : j+1]); err == nil && isAddrPort(u) {
+			b.WriteString(msg[i : j+1])
+		} else {
+			b.WriteString(`"…"`)
+		}
+		msg = msg[j+1:]
+	}
+}
+
+// closingQuote is the index of the '"' that ends a Go-quoted string whose
+// text starts at from (after its opening quote), or -1.
+func closingQuote(s string, from int) int {
+	for k := from; k < len(s); k++ {
+		switch s[k] {
+		case '\\':
+			k++ // the escaped byte
+		case '"':
+			return k
+		}
+	}
+	return -1
+}
+
+func isAddrPort(s string) bool {
+	_, err := netip.ParseAddrPort(s)
+	return err == nil
 }

@@ -44,29 +44,39 @@ func (p *Proxy) NewFastServer(o ServerOptions) *fasthttp.Server {
 		TCPKeepalive:                 true,
 		ReduceMemoryUsage:            true,
 		Logger:                       fastLogger{p.log},
+		// Its errors then leave out the buffer dump; what else they quote
+		// (a URI, a header value) fastLogger and logRejected scrub.
+		SecureErrorLogMessage: true,
+		// A request refused before the handler gets its answer here, and
+		// its access log line (logRejected), as any other request.
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			var big *fasthttp.ErrSmallBuffer
+			var ne net.Error
 			switch {
 			case errors.As(err, &big):
 				ctx.Error("gwnomad-lb: request header too large\n", fasthttp.StatusRequestHeaderFieldsTooLarge)
 			case errors.Is(err, fasthttp.ErrBodyTooLarge):
 				ctx.Error("gwnomad-lb: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+			case errors.As(err, &ne) && ne.Timeout():
+				ctx.Error("gwnomad-lb: request timeout\n", fasthttp.StatusRequestTimeout)
 			default:
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					ctx.Error("gwnomad-lb: request timeout\n", fasthttp.StatusRequestTimeout)
-					return
-				}
 				ctx.Error("gwnomad-lb: bad request\n", fasthttp.StatusBadRequest)
 			}
+			p.logRejected(ctx, err)
 		},
 	}
 }
 
+// fastLogger takes fasthttp's log lines (at level debug). They quote what
+// a client sent (the request buffer, a URI, a header value: credentials
+// among them), which never goes to the log: scrubClientBytes removes it.
 type fastLogger struct{ l *slog.Logger }
 
 func (f fastLogger) Printf(format string, args ...any) {
-	f.l.Debug("http server", "msg", fmt.Sprintf(format, args...))
+	if !f.l.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	f.l.Debug("http server", "msg", scrubClientBytes(fmt.Sprintf(format, args...)))
 }
 
 // TLSServer is the one TLS listener: it completes the handshake, then
