@@ -82,6 +82,7 @@ fuzz:
 	$(GO) test ./lb/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./lb/proxy -run '^$$' -fuzz '^FuzzChunked$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./lb/proxy -run '^$$' -fuzz '^FuzzLoopChunked$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./lb/proxy -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/gatewaysim -run '^$$' -fuzz '^FuzzParseAPI$$' -fuzztime $(FUZZTIME)
 
 # go vet, staticcheck and govulncheck (installed into bin/ from the Go module

@@ -57,6 +57,10 @@ func gatewayHandler(name string) http.Handler {
 		switch r.URL.Path {
 		case "/health":
 			fmt.Fprintln(w, "ok")
+		case "/headers": // what a client can spoof, as this gateway got it
+			h := r.Header
+			fmt.Fprintf(w, "xff=%v proto=%v xfh=%v fwd=%v xri=%v host=%s", h.Values("X-Forwarded-For"), h.Values("X-Forwarded-Proto"),
+				h.Values("X-Forwarded-Host"), h.Values("Forwarded"), h.Values("X-Real-Ip"), r.Host)
 		case "/ws":
 			c, err := up.Upgrade(w, r, nil)
 			if err != nil {

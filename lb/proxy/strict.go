@@ -37,7 +37,7 @@ import (
 //   - Transfer-Encoding with Content-Length, Transfer-Encoding in
 //     HTTP/1.0, several Content-Length fields even if equal: 400
 //   - a fragment (#) in the target, an empty Host, a Host with a port that
-//     is not a number: 400
+//     is not a number, HTTP/1.0 without Host (a gateway needs it): 400
 //   - the asterisk form with a method other than OPTIONS: 400
 //   - an absolute-form target whose authority is not the Host header:
 //     400 (net/http routes by the target, the balancer by Host; RFC 9112
@@ -177,7 +177,7 @@ func checkRequest(method, target, proto, block []byte) *headFault {
 		}
 	}
 	switch {
-	case hosts > 1, hosts == 0 && !http10:
+	case hosts != 1:
 		return faultHost
 	case hosts == 1 && !validHost(host):
 		return faultHost
@@ -188,7 +188,7 @@ func checkRequest(method, target, proto, block []byte) *headFault {
 	case tes > 1:
 		return faultTE
 	case tes == 1 && http10:
-		return faultTE
+		return faultTE // net/http ignores it, and frames by Content-Length
 	case tes == 1 && lengths > 0:
 		return faultTEAndLength
 	}

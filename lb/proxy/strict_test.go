@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+)
+
+// Each rule of strict.go, by the status it answers (0: forwarded).
+func TestCheckHead(t *testing.T) {
+	const h = "Host: gw.example.com\r\n"
+	for _, tc := range []struct {
+		head string
+		want int
+	}{
+		{"GET /a HTTP/1.1\r\n" + h + "\r\n", 0},
+		{"GET /a?q=1 HTTP/1.0\r\n" + h + "\r\n", 0},
+		{"GET /a HTTP/1.0\r\n\r\n", 400},
+		{"OPTIONS * HTTP/1.1\r\n" + h + "\r\n", 0},
+		{"GET http://gw.example.com/a HTTP/1.1\r\n" + h + "\r\n", 0},
+		{"GET http://GW.example.com:80/a HTTP/1.1\r\nHost: gw.example.com:80\r\n\r\n", 0},
+		{"POST /a HTTP/1.1\r\n" + h + "Content-Length: 12\r\n\r\n", 0},
+		{"POST /a HTTP/1.1\r\n" + h + "Transfer-Encoding: Chunked\r\n\r\n", 0},
+		{"POST /a HTTP/1.1\r\n" + h + "Expect: 100-Continue\r\nContent-Length: 1\r\n\r\n", 0},
+		{"GET /a HTTP/1.1\r\n" + h + "X-Obs: caf\xe9\tx\r\nX-Empty:\r\n\r\n", 0},
+		{"GET /a HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 0},
+
+		{"GET /a HTTP/1.1\n" + h + "\r\n", 400},
+		{"GET /a HTTP/1.1\r\nHost: gw.example.com\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "X: a\rb\r\n\r\n", 400},
+		{"\r\nGET /a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "X: a\r\n b\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n X: a\r\n" + h + "\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "X Y: a\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "X : a\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "NoColon\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + ": a\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "X: a\x00b\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + "X: a\x7fb\r\n\r\n", 400},
+		{"G(T /a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET  /a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET /a b HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET /a\r\n" + h + "\r\n", 400},
+		{"GET /a http/1.1\r\n" + h + "\r\n", 400},
+		{"GET /a#f HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET * HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET http://evil.test/a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET http://u@gw.example.com/a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET ftp://gw.example.com/a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"GET /a HTTP/1.1\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\n" + h + h + "\r\n", 400},
+		{"GET /a HTTP/1.1\r\nHost: \r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\nHost: a:b\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
+		{"GET /a HTTP/1.1\r\nHost: a:123456\r\n\r\n", 400},
+		{"POST /a HTTP/1.1\r\n" + h + "Content-Length: +1\r\n\r\n", 400},
+		{"POST /a HTTP/1.1\r\n" + h + "Content-Length: 1, 1\r\n\r\n", 400},
+		{"POST /a HTTP/1.1\r\n" + h + "Content-Length: 1\r\nContent-Length: 1\r\n\r\n", 400},
+		{"POST /a HTTP/1.1\r\n" + h + "Content-Length: " + strings.Repeat("9", 19) + "\r\n\r\n", 400},
+		{"POST /a HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", 400},
+		{"POST /a HTTP/1.0\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n", 501},
+		{"POST /a HTTP/1.1\r\n" + h + "Transfer-Encoding: identity\r\n\r\n", 501},
+		{"POST /a HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked, identity\r\n\r\n", 501},
+		{"POST /a HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501},
+		{"POST /a HTTP/1.1\r\n" + h + "Expect: x\r\n\r\n", 417},
+		{"CONNECT gw.example.com:443 HTTP/1.1\r\n" + h + "\r\n", 501},
+		{"GET /a HTTP/1.2\r\n" + h + "\r\n", 505},
+		{"GET /a HTTP/2.0\r\n" + h + "\r\n", 505},
+		{"PRI * HTTP/2.0\r\n\r\n", 505},
+	} {
+		got := 0
+		if f := checkHead([]byte(tc.head)); f != nil {
+			got = f.code
+		}
+		if got != tc.want {
+			t.Errorf("%q: %d, want %d", tc.head, got, tc.want)
+		}
+	}
+}
+
+func BenchmarkCheckHead(b *testing.B) {
+	head := []byte("GET /api/orders?id=42 HTTP/1.1\r\nHost: gw.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\nAuthorization: Bearer abcdefghijklmnopqrstuvwxyz\r\n\r\n")
+	for b.Loop() {
+		if checkHead(head) != nil {
+			b.Fatal("refused")
+		}
+	}
+}
