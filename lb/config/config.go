@@ -124,6 +124,14 @@ type Proxy struct {
 	MaxConnsPerUpstream int `toml:"max_conns_per_upstream"` // default 1024
 	// MaxConns bounds concurrent client connections (0: 256*1024).
 	MaxConns int `toml:"max_conns"` // default 0
+	// TunnelIdleTimeout closes an upgraded connection (WebSocket, relayed
+	// as raw bytes after the gateway's 101) in which no byte went either
+	// way for this long.
+	TunnelIdleTimeout Duration `toml:"tunnel_idle_timeout"` // default "5m"
+	// MaxTunnels bounds the upgraded connections relayed at once (each
+	// holds two sockets, two goroutines and two 16 KiB buffers); an
+	// upgrade request beyond gets 503.
+	MaxTunnels int `toml:"max_tunnels"` // default 4096
 	// TrustedProxies are the client addresses (CIDR or IP) whose
 	// X-Forwarded-For/-Proto/-Host are kept and appended to; from anyone
 	// else they are replaced.
@@ -272,6 +280,8 @@ func Default() *Config {
 			MaxBodyBytes:             16 << 20,
 			MaxBufferedResponseBytes: 4 << 20,
 			MaxConnsPerUpstream:      1024,
+			TunnelIdleTimeout:        Duration(5 * time.Minute),
+			MaxTunnels:               4096,
 			GracePeriod:              Duration(30 * time.Second),
 			Engine:                   defaultEngine(),
 		},
@@ -458,6 +468,8 @@ func (c *Config) Validate() error {
 	atLeast("proxy.max_body_bytes", c.Proxy.MaxBodyBytes, 0)
 	atLeast("proxy.max_conns_per_upstream", c.Proxy.MaxConnsPerUpstream, 0)
 	atLeast("proxy.max_conns", c.Proxy.MaxConns, 0)
+	atLeast("proxy.max_tunnels", c.Proxy.MaxTunnels, 1)
+	positive("proxy.tunnel_idle_timeout", c.Proxy.TunnelIdleTimeout)
 	positive("proxy.dial_timeout", c.Proxy.DialTimeout)
 	switch c.Proxy.Engine {
 	case "goroutines":

@@ -39,6 +39,10 @@ func TestLoopEngine(t *testing.T) {
 		{"InterimAnswersAndTrailers", TestInterimAnswersAndTrailers},
 		{"UntilCloseAnswers", TestUntilCloseAnswers},
 		{"UnaskedSwitchClosesConnection", TestUnaskedSwitchClosesConnection},
+		{"UpgradeAnsweredAsHTTPStaysHTTP", TestUpgradeAnsweredAsHTTPStaysHTTP},
+		{"UpgradeSwitchMustAgree", TestUpgradeSwitchMustAgree},
+		{"TunnelIdleTimeout", TestTunnelIdleTimeout},
+		{"TunnelLimit", TestTunnelLimit},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testLoop = true

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -31,6 +33,16 @@ type Metrics struct {
 	LoopFaults *prometheus.CounterVec // scope
 	faultConn  prometheus.Counter
 	faultLoop  prometheus.Counter
+	// Tunnels reports tunnels: upgraded connections (WebSocket) being
+	// relayed, and upgrade requests waiting for their gateway's answer.
+	Tunnels prometheus.GaugeFunc
+	// TunnelsRefused: upgrade requests answered 503 because max tunnels
+	// were open (Options.MaxTunnels).
+	TunnelsRefused prometheus.Counter
+	// tunnels is what MaxTunnels bounds. It is kept here, not in a Gauge,
+	// because taking a place must compare and add in one step; proxies
+	// that share these metrics share the count.
+	tunnels atomic.Int64
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -77,10 +89,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"scope"})
 	m.faultConn = m.LoopFaults.WithLabelValues("connection")
 	m.faultLoop = m.LoopFaults.WithLabelValues("loop")
+	m.Tunnels = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gwnomad_lb_tunnels",
+		Help: "Upgraded connections (WebSocket) relayed now, with the upgrade requests waiting for their gateway's answer: what max_tunnels bounds.",
+	}, func() float64 { return float64(m.tunnels.Load()) })
+	m.TunnelsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gwnomad_lb_tunnels_refused_total",
+		Help: "Upgrade requests (WebSocket) answered 503 because max_tunnels upgraded connections were open.",
+	})
 	m.handRequest = m.LoopHandoffs.WithLabelValues("request")
 	m.handAnswer = m.LoopHandoffs.WithLabelValues("answer")
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.Refused, m.LoopHandoffs, m.LoopTLS, m.LoopFaults)
+		reg.MustRegister(m.Requests, m.Duration, m.Retries, m.Ejections, m.NoRoute, m.BudgetExhausted, m.Refused, m.LoopHandoffs, m.LoopTLS, m.LoopFaults, m.Tunnels, m.TunnelsRefused)
 	}
 	return m
 }

@@ -84,6 +84,13 @@ type Options struct {
 	// HSTS is the Strict-Transport-Security value set on answers over TLS;
 	// "" sets none (default).
 	HSTS string
+	// TunnelIdleTimeout closes both sides of an upgraded connection
+	// (WebSocket) once no byte went either way for this long (default 5m).
+	TunnelIdleTimeout time.Duration
+	// MaxTunnels bounds the upgraded connections relayed at once, with the
+	// upgrade requests waiting for their gateway's answer; beyond, an
+	// upgrade request gets 503 (default 4096).
+	MaxTunnels int
 	// AccessLog receives one JSON line per request; nil: off.
 	AccessLog *AccessLog
 	Logger    *slog.Logger
@@ -102,6 +109,7 @@ func OptionsFrom(c *config.Config) (Options, error) {
 		DialTimeout: c.Proxy.DialTimeout.D(), UpstreamTimeout: c.Proxy.UpstreamTimeout.D(),
 		MaxConnsPerUpstream: c.Proxy.MaxConnsPerUpstream, MaxBufferedResponse: c.Proxy.MaxBufferedResponseBytes,
 		FailOn5xx: c.Health.FailOn5xx, Trusted: trusted,
+		TunnelIdleTimeout: c.Proxy.TunnelIdleTimeout.D(), MaxTunnels: c.Proxy.MaxTunnels,
 	}, nil
 }
 
@@ -139,6 +147,12 @@ func New(table *balancer.Holder, opt Options) *Proxy {
 	}
 	if opt.RetryAfter == "" {
 		opt.RetryAfter = "1"
+	}
+	if opt.TunnelIdleTimeout <= 0 {
+		opt.TunnelIdleTimeout = 5 * time.Minute
+	}
+	if opt.MaxTunnels <= 0 {
+		opt.MaxTunnels = 4096
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
