@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -123,6 +125,7 @@ type diffEngine struct {
 	name string
 	addr string
 	p    *Proxy
+	tls  *tls.Config // the client's, when the engine serves TLS
 }
 
 var (
@@ -144,7 +147,8 @@ func startDiffRig(t testing.TB) *diffRig {
 		r.refSv.Config.MaxHeaderBytes = diffSopt.MaxHeaderBytes
 		r.refSv.Start()
 		r.refAddr = r.refSv.Listener.Addr().String()
-		for _, name := range []string{"event-loop", "goroutines"} {
+		cert := selfSigned(t)
+		for _, name := range []string{"event-loop", "goroutines", "event-loop-tls"} {
 			h := &balancer.Holder{}
 			p := New(h, Options{Tries: 1, Logger: discardLogger()})
 			b := balancer.NewBuilder([]config.Route{{Hosts: []string{"*"}, Policy: "round_robin"}}, testHealth)
@@ -154,36 +158,63 @@ func startDiffRig(t testing.TB) *diffRig {
 			if err != nil {
 				panic(err)
 			}
-			if name == "event-loop" {
+			e := diffEngine{name: name, addr: ln.Addr().String(), p: p}
+			switch name {
+			case "event-loop":
 				srv := p.NewLoopServer(diffSopt)
 				go func() { _ = srv.Serve(ln) }()
 				waitServing(t, srv)
-			} else {
+			case "goroutines":
 				srv := p.NewFastServer(diffSopt)
 				go func() { _ = srv.Serve(ln) }()
+			case "event-loop-tls": // HTTP/1.1 over TLS on the loops (L8), records split where the stream is
+				loop := p.NewLoopServer(diffSopt)
+				go func() { _ = loop.Serve(nil) }()
+				waitServing(t, loop)
+				srv := &TLSServer{Fast: p.NewFastServer(diffSopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true}, Loop: loop}
+				go func() { _ = srv.Serve(ln) }()
+				e.tls = &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}} //nolint:gosec // the test's own certificate
 			}
-			r.engines = append(r.engines, diffEngine{name: name, addr: ln.Addr().String(), p: p})
+			r.engines = append(r.engines, e)
 		}
 		rig = r
 	})
 	return rig
 }
 
-// exchange writes stream to addr in two writes (split at cut), half-closes,
-// and reads until the server closes or the deadline.
-func diffExchange(addr string, stream []byte, cut int) ([]byte, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// exchange writes stream to addr in two writes (split at cut: two TLS
+// records over TLS), half-closes, and reads until the server closes or
+// the deadline.
+func diffExchange(addr string, tc *tls.Config, stream []byte, cut int) ([]byte, error) {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer nc.Close()
+	c := nc
+	if tc != nil {
+		_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+		t := tls.Client(nc, tc)
+		if err := t.Handshake(); err != nil {
+			return nil, err
+		}
+		c = t
+	}
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	cut = min(max(cut, 0), len(stream))
 	if _, err := c.Write(stream[:cut]); err == nil && cut < len(stream) {
 		_, _ = c.Write(stream[cut:])
 	}
-	_ = c.(*net.TCPConn).CloseWrite()
-	return io.ReadAll(c)
+	if t, ok := c.(*tls.Conn); ok {
+		_ = t.CloseWrite()
+	} else {
+		_ = c.(*net.TCPConn).CloseWrite()
+	}
+	out, err := io.ReadAll(c)
+	if err != nil && tc != nil && errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil // closed without close_notify, as servers do
+	}
+	return out, err
 }
 
 // settle waits until d has no request in progress.
@@ -202,7 +233,7 @@ func diffCheck(t testing.TB, stream []byte, cut int) {
 	var lenient []diffRequest // net/http's reading without the empty lines fasthttp skips
 	for _, e := range r.engines {
 		before := faults(e.p)
-		out, err := diffExchange(e.addr, stream, cut)
+		out, err := diffExchange(e.addr, e.tls, stream, cut)
 		if err != nil && !isTimeout(err) && !isReset(err) {
 			t.Fatalf("%s: %v", e.name, err)
 		}
@@ -212,7 +243,7 @@ func diffCheck(t testing.TB, stream []byte, cut int) {
 			t.Fatalf("%s: the stream made a loop fault (L10)", e.name)
 		}
 		bad := unmatched(got, want)
-		if bad >= 0 && e.name == "goroutines" {
+		if bad >= 0 { // fasthttp parses what the loops hand over, too
 			if lenient == nil {
 				if s, ok := stripBlankLines(stream); ok {
 					lenient = r.reference(t, s, len(s))
@@ -227,8 +258,12 @@ func diffCheck(t testing.TB, stream []byte, cut int) {
 		if bad >= 0 {
 			t.Fatalf("%s forwarded request %d of %d as\n  %v\nwhich is none of the requests net/http served, in order:\n  %v\nanswers: %q", e.name, bad, len(got), got[bad], want, out)
 		}
+		proto := "http"
+		if e.tls != nil {
+			proto = "https"
+		}
 		for i, g := range got {
-			fwdWant := fmt.Sprintf("xff=%q proto=%q xfh=%q fwd=%q xri=%q", []string{"127.0.0.1"}, []string{"http"}, []string{g.Host}, []string(nil), []string(nil))
+			fwdWant := fmt.Sprintf("xff=%q proto=%q xfh=%q fwd=%q xri=%q", []string{"127.0.0.1"}, []string{proto}, []string{g.Host}, []string(nil), []string(nil))
 			if g.Forwarded != fwdWant {
 				t.Fatalf("%s forwarded request %d with %s, want %s", e.name, i, g.Forwarded, fwdWant)
 			}
@@ -261,7 +296,7 @@ func unmatched(got, want []diffRequest) int {
 
 // reference is what net/http's server serves of stream.
 func (r *diffRig) reference(t testing.TB, stream []byte, cut int) []diffRequest {
-	if _, err := diffExchange(r.refAddr, stream, cut); err != nil && !isTimeout(err) && !isReset(err) {
+	if _, err := diffExchange(r.refAddr, nil, stream, cut); err != nil && !isTimeout(err) && !isReset(err) {
 		t.Fatalf("net/http: %v", err)
 	}
 	r.ref.settle()
@@ -270,8 +305,9 @@ func (r *diffRig) reference(t testing.TB, stream []byte, cut int) []diffRequest 
 
 // stripBlankLines removes the empty lines (CRLF or LF) that come where a
 // request line is due, as net/http frames the stream's requests; true if
-// there were any. The goroutine engine (fasthttp) skips them, as RFC 9112
-// §2.2 says a server should; net/http refuses them. It is the one
+// there were any. The goroutine engine (fasthttp, which also parses what
+// the loops hand over) skips them, as RFC 9112 §2.2 says a server should;
+// net/http and the loops refuse them. It is the one
 // difference the rule allows (strict.go): the balancer writes each
 // request anew, so a gateway never sees those lines.
 func stripBlankLines(stream []byte) ([]byte, bool) {

@@ -55,6 +55,7 @@ type exchange struct {
 	none      bool
 	noRoute   bool
 	refused   *headFault
+	unread    bool // its head did not parse: no method, host or URI to log
 	idem      bool
 	isHead    bool
 	staleTry  bool // L6 was used for this try
@@ -79,7 +80,7 @@ func putExchange(x *exchange) {
 	x.resp.Reset()
 	x.head = x.head[:0]
 	x.route, x.tried, x.tries, x.up, x.err = nil, balancer.Tried{}, 0, nil, nil
-	x.none, x.noRoute, x.idem, x.isHead, x.staleTry, x.refused = false, false, false, false, false, nil
+	x.none, x.noRoute, x.idem, x.isHead, x.staleTry, x.refused, x.unread = false, false, false, false, false, nil, false
 	x.start, x.code, x.bytes, x.gw = time.Time{}, 0, 0, nil
 	x.bodyStart, x.total, x.interim, x.headed = 0, 0, 0, false
 	x.chunked, x.chunk = false, chunkState{}
@@ -245,7 +246,10 @@ func (lp *loop) request(c *client, data []byte) {
 // after: what follows the head cannot be told apart from a next request.
 func (lp *loop) refuse(c *client, head []byte, f *headFault) {
 	x := getExchange()
-	_ = lp.parse(func(br *bufio.Reader) error { return x.hdr.Read(br) }, head) // for the access log, as far as it parses
+	if lp.parse(func(br *bufio.Reader) error { return x.hdr.Read(br) }, head) != nil {
+		x.hdr.Reset() // the access log says nothing of a head it could not read, not fasthttp's "GET /"
+		x.unread = true
+	}
 	c.buf = c.buf[:0]
 	c.x, c.state, c.deadline, c.closeAfter = x, cBusy, 0, true
 	x.start, x.refused = lp.now, f
@@ -446,10 +450,13 @@ func (p *Proxy) recordExchange(remote netip.Addr, x *exchange) {
 	d := time.Since(x.start)
 	p.recordDur(r, &o, x.code, d)
 	if p.opt.AccessLog != nil {
-		p.opt.AccessLog.Write(&Entry{
-			Start: x.start, Duration: d, Remote: remote, Method: x.hdr.Method(), Host: x.hdr.Host(),
-			URI: x.hdr.RequestURI(), Proto: x.hdr.Protocol(), Status: x.code, Bytes: x.bytes,
+		e := &Entry{
+			Start: x.start, Duration: d, Remote: remote, Status: x.code, Bytes: x.bytes,
 			Route: r, Upstream: x.up, Tries: x.tries, Err: x.err,
-		})
+		}
+		if !x.unread {
+			e.Method, e.Host, e.URI, e.Proto = x.hdr.Method(), x.hdr.Host(), x.hdr.RequestURI(), x.hdr.Protocol()
+		}
+		p.opt.AccessLog.Write(e)
 	}
 }

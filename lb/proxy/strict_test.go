@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Each rule of strict.go, by the status it answers (0: forwarded).
@@ -85,5 +89,54 @@ func BenchmarkCheckHead(b *testing.B) {
 		if checkHead(head) != nil {
 			b.Fatal("refused")
 		}
+	}
+}
+
+// A refused head is answered, the connection closed, the refusal counted
+// and logged on both engines; a head that does not parse logs no method
+// or URI of its own invention.
+func TestRefusedHeads(t *testing.T) {
+	for _, loop := range []bool{false, true} {
+		t.Run(map[bool]string{false: "goroutines", true: "event-loop"}[loop], func(t *testing.T) {
+			a := backend(t, "a", 200)
+			var buf strings.Builder
+			al := NewAccessLog(&buf, nil)
+			opt := Options{AccessLog: al}
+			var lb *testLB
+			if loop {
+				lb = startLoop(t, opt, loopSopt, addr(a))
+			} else {
+				lb = startLB(t, opt, addr(a))
+			}
+			for _, tc := range []struct {
+				req  string
+				code int
+			}{
+				{"POST /a HTTP/1.1\r\nHost: gw.example.com\r\nTransfer-Encoding: identity\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw.example.com\r\n\r\n", 501},
+				{"GET /a HTTP/1.1\r\nHost: gw.example.com\r\nX Bad: 1\r\n\r\n", 400},
+				{"GET /a HTTP/2.0\r\nHost: gw.example.com\r\n\r\n", 505},
+			} {
+				c, err := net.Dial("tcp", lb.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, tc.req)
+				out, _ := io.ReadAll(c) // the balancer closes after its answer
+				c.Close()
+				if !strings.HasPrefix(string(out), fmt.Sprintf("HTTP/1.1 %d ", tc.code)) || strings.Count(string(out), "HTTP/1.1 ") != 1 {
+					t.Errorf("%q: answered %q, want one %d", tc.req, out, tc.code)
+				}
+			}
+			for _, code := range []string{"400", "501", "505"} {
+				if n := counterValue(t, lb.p.m.Refused.WithLabelValues(code)); n != 1 {
+					t.Errorf("refused with %s: counted %v, want 1", code, n)
+				}
+			}
+			al.Flush()
+			if n := strings.Count(buf.String(), "\n"); n != 3 || strings.Contains(buf.String(), "smuggled") {
+				t.Errorf("access log: %d lines, want 3, none of the smuggled request:\n%s", n, buf.String())
+			}
+		})
 	}
 }
