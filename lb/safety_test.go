@@ -150,6 +150,35 @@ func TestOneClientCannotTakeTheEntrypointDown(t *testing.T) {
 	if resp.StatusCode != 200 || string(b) != want {
 		t.Errorf("the gateway saw %d %q, want %q", resp.StatusCode, b, want)
 	}
+	// An upgrade the gateway does not agree to leaves the connection HTTP:
+	// what follows is routed (no route for evil.test: 404), not relayed.
+	// A Transfer-Encoding net/http would not take is refused, and what
+	// it would have smuggled never arrives.
+	for _, https := range []bool{false, true} {
+		c := dial(t, https)
+		defer c.Close()
+		io.WriteString(c, "GET /api HTTP/1.1\r\nHost: "+host+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"+
+			"GET /api HTTP/1.1\r\nHost: evil.test\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n")
+		br := bufio.NewReader(c)
+		for i, want := range []int{200, 404} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("https=%v: answer %d after an unagreed upgrade: %v", https, i, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != want {
+				t.Fatalf("https=%v: answer %d after an unagreed upgrade: %d, want %d", https, i, resp.StatusCode, want)
+			}
+		}
+		c2 := dial(t, https)
+		defer c2.Close()
+		io.WriteString(c2, "POST /api HTTP/1.1\r\nHost: "+host+"\r\nTransfer-Encoding: identity\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+		out, _ := io.ReadAll(c2)
+		if !strings.HasPrefix(string(out), "HTTP/1.1 501 ") || strings.Count(string(out), "HTTP/1.1 ") != 1 {
+			t.Fatalf("https=%v: Transfer-Encoding: identity answered %q, want one 501", https, out)
+		}
+	}
+
 	for _, admin := range []string{plain.Addrs().Admin, l.Addrs().Admin} {
 		for _, scope := range []string{"connection", "loop"} {
 			m := `gwnomad_lb_event_loop_faults_total{scope="` + scope + `"}`
