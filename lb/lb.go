@@ -253,6 +253,14 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		popt.HSTS = l.certs.HSTSHeader()
 	}
 	l.proxy = proxy.New(&l.table, popt)
+	l.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gwnomad_lb_buffered_answer_bytes",
+		Help: "Bytes of gateways' answers held in memory now, all requests together, within max_buffered_total_bytes.",
+	}, func() float64 { return float64(l.proxy.BufferedAnswerBytes()) }))
+	l.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "gwnomad_lb_answers_streamed_for_budget_total",
+		Help: "Answers streamed rather than buffered because max_buffered_total_bytes, or an HTTP/2 connection's max_buffered_per_connection_bytes, was spent.",
+	}, func() float64 { return float64(l.proxy.AnswersStreamedForBudget()) }))
 	l.builder = l.newBuilder(cfg)
 	l.live = cfg
 	l.table.Store(l.builder.Build(nil)) // every route empty (503) until Consul answers
@@ -474,7 +482,7 @@ func (l *LB) Start(ctx context.Context) error {
 		}
 		l.tlsSrv = &proxy.TLSServer{
 			Fast: l.proxy.NewFastServer(sopt), Handler: l.proxy, Config: l.tlsConfig,
-			IdleTimeout: cfg.Proxy.IdleTimeout.D(), Logger: l.log, Loop: l.loop,
+			IdleTimeout: cfg.Proxy.IdleTimeout.D(), WriteTimeout: cfg.Proxy.WriteTimeout.D(), Logger: l.log, Loop: l.loop,
 		}
 		l.wg.Go(func() { l.serveErr("https", l.tlsSrv.Serve(l.httpsLn)) })
 	}

@@ -118,8 +118,23 @@ type Proxy struct {
 	// or ended by the gateway closing) once this many bytes have come.
 	// Streamed or not, an answer must arrive within upstream_timeout and
 	// reach the client within write_timeout. 0: no limit, every answer is
-	// buffered.
+	// buffered (within the two budgets below).
 	MaxBufferedResponseBytes int `toml:"max_buffered_response_bytes"` // default 4194304 (4 MiB)
+	// MaxBufferedTotalBytes bounds the answers held in memory at once, all
+	// client connections together: an answer is buffered only while this
+	// budget can take its bytes (its Content-Length, or as it comes), and
+	// streamed as above otherwise. Slow readers keep their answers until
+	// write_timeout; past this budget theirs are streamed, which holds a
+	// gateway connection rather than the body. The bodies only: the fixed
+	// buffers of each connection (some 20 KiB, bounded by max_conns) are
+	// beside it. 0: no limit.
+	MaxBufferedTotalBytes int `toml:"max_buffered_total_bytes"` // default 268435456 (256 MiB)
+	// MaxBufferedPerConnBytes bounds, within the total, the answers the
+	// streams of one HTTP/2 connection hold at once (up to 100 streams), so
+	// that one client cannot take the whole budget: 4 answers of
+	// max_buffered_response_bytes, or many small ones. An HTTP/1.1
+	// connection holds one answer at a time. 0: no limit.
+	MaxBufferedPerConnBytes int `toml:"max_buffered_per_connection_bytes"` // default 16777216 (16 MiB)
 	// MaxConnsPerUpstream bounds the keep-alive pool to one gateway.
 	MaxConnsPerUpstream int `toml:"max_conns_per_upstream"` // default 1024
 	// MaxConns bounds concurrent client connections (0: 256*1024).
@@ -279,6 +294,8 @@ func Default() *Config {
 			MaxHeaderBytes:           16 << 10,
 			MaxBodyBytes:             16 << 20,
 			MaxBufferedResponseBytes: 4 << 20,
+			MaxBufferedTotalBytes:    256 << 20,
+			MaxBufferedPerConnBytes:  16 << 20,
 			MaxConnsPerUpstream:      1024,
 			TunnelIdleTimeout:        Duration(5 * time.Minute),
 			MaxTunnels:               4096,
@@ -465,6 +482,8 @@ func (c *Config) Validate() error {
 	atLeast("proxy.retry_budget_min", c.Proxy.RetryBudgetMin, 0)
 	atLeast("proxy.max_header_bytes", c.Proxy.MaxHeaderBytes, 1024)
 	atLeast("proxy.max_buffered_response_bytes", c.Proxy.MaxBufferedResponseBytes, 0)
+	atLeast("proxy.max_buffered_total_bytes", c.Proxy.MaxBufferedTotalBytes, 0)
+	atLeast("proxy.max_buffered_per_connection_bytes", c.Proxy.MaxBufferedPerConnBytes, 0)
 	atLeast("proxy.max_body_bytes", c.Proxy.MaxBodyBytes, 0)
 	atLeast("proxy.max_conns_per_upstream", c.Proxy.MaxConnsPerUpstream, 0)
 	atLeast("proxy.max_conns", c.Proxy.MaxConns, 0)

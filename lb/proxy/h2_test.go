@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,7 +43,7 @@ func startH2LB(t *testing.T, opt Options, sopt ServerOptions, tune func(*TLSServ
 	h.Store(b.Build(staticSnap(backends...)))
 	cert := selfSigned(t)
 	srv := &TLSServer{Fast: p.NewFastServer(sopt), Handler: p, Config: &tls.Config{Certificates: []tls.Certificate{cert}},
-		IdleTimeout: sopt.IdleTimeout}
+		IdleTimeout: sopt.IdleTimeout, WriteTimeout: sopt.WriteTimeout}
 	if tune != nil {
 		tune(srv)
 	}
@@ -67,19 +68,24 @@ func startH2LB(t *testing.T, opt Options, sopt ServerOptions, tune func(*TLSServ
 
 // rawH2 is an HTTP/2 client made of frames, which says what net/http's
 // client would not (a Host header beside :authority, a window of zero,
-// ...) and reads the server's frames only when told to.
+// ...). Once started (start), a goroutine reads the server's frames,
+// acknowledges its settings and answers its pings; until then nothing is
+// read.
 type rawH2 struct {
-	t       *testing.T
-	conn    *tls.Conn
-	fr      *http2.Framer
-	enc     *hpack.Encoder
-	hbuf    bytes.Buffer
-	next    uint32
-	streams map[uint32]*h2Stream
+	t    *testing.T
+	conn *tls.Conn
+	fr   *http2.Framer
+	wmu  sync.Mutex // the framer's writing side
+	enc  *hpack.Encoder
+	hbuf bytes.Buffer
+	next uint32
 	// window, when set, gives back the flow-control window of every DATA
 	// frame read, on its stream and on the connection.
 	window bool
-	err    error // what ended reading: the connection was closed
+
+	mu      sync.Mutex
+	streams map[uint32]*h2Stream
+	err     error // what ended reading: the connection was closed
 }
 
 // h2Stream is what the server sent on one stream.
@@ -92,8 +98,8 @@ type h2Stream struct {
 	code   http2.ErrCode
 }
 
-// dialH2 opens an h2 connection to addr and sends the preface with
-// settings (none: the defaults).
+// dialH2 opens an h2 connection to addr (with d, if not nil) and sends
+// the preface with settings (none: the defaults).
 func dialH2(t *testing.T, addr string, pool *x509.CertPool, d *net.Dialer, settings ...http2.Setting) *rawH2 {
 	t.Helper()
 	if d == nil {
@@ -123,6 +129,8 @@ func dialH2(t *testing.T, addr string, pool *x509.CertPool, d *net.Dialer, setti
 // fields hdr (name, value, name, value...), and returns its id.
 func (c *rawH2) get(path, authority string, hdr ...string) uint32 {
 	c.t.Helper()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.hbuf.Reset()
 	fields := append([]string{":method", "GET", ":scheme", "https", ":authority", authority, ":path", path}, hdr...)
 	for i := 0; i+1 < len(fields); i += 2 {
@@ -130,78 +138,114 @@ func (c *rawH2) get(path, authority string, hdr ...string) uint32 {
 	}
 	id := c.next
 	c.next += 2
+	c.mu.Lock()
 	c.streams[id] = &h2Stream{}
+	c.mu.Unlock()
 	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
 		c.t.Fatal(err)
 	}
 	return id
 }
 
-// readUntil reads the server's frames until cond holds (true) or the
-// connection ends (false: c.err says why); it fails the test if neither
-// comes within 10 s.
-func (c *rawH2) readUntil(what string, cond func() bool) bool {
-	c.t.Helper()
-	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	defer func() { _ = c.conn.SetReadDeadline(time.Time{}) }()
-	for !cond() {
-		if c.err != nil {
-			return false
-		}
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				c.t.Fatalf("timed out waiting for %s", what)
-			}
-			c.err = err
-			return cond()
-		}
-		s := c.streams[f.Header().StreamID]
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = c.fr.WriteSettingsAck()
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				_ = c.fr.WritePing(true, f.Data)
-			}
-		case *http2.MetaHeadersFrame:
-			if s != nil {
-				s.status = f.PseudoValue("status")
-				s.header = http.Header{}
-				for _, hf := range f.RegularFields() {
-					s.header.Add(hf.Name, hf.Value)
-				}
-				s.ended = f.StreamEnded()
-			}
-		case *http2.DataFrame:
-			if s != nil {
-				s.body = append(s.body, f.Data()...)
-				s.ended = f.StreamEnded()
-			}
-			if n := uint32(f.Length); c.window && n > 0 {
-				_ = c.fr.WriteWindowUpdate(0, n)
-				if !f.StreamEnded() {
-					_ = c.fr.WriteWindowUpdate(f.StreamID, n)
-				}
-			}
-		case *http2.RSTStreamFrame:
-			if s != nil {
-				s.reset, s.code = true, f.ErrCode
-			}
-		}
-	}
-	return true
+// write writes frames under the writing side's lock.
+func (c *rawH2) write(f func(*http2.Framer) error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = f(c.fr)
 }
 
-// answer reads until stream id ends and returns it.
-func (c *rawH2) answer(id uint32) *h2Stream {
-	c.t.Helper()
-	s := c.streams[id]
-	if !c.readUntil(fmt.Sprintf("the answer on stream %d", id), func() bool { return s.ended || s.reset }) {
-		c.t.Fatalf("stream %d: connection ended: %v", id, c.err)
+// start reads the server's frames on a goroutine until the connection
+// ends.
+func (c *rawH2) start() {
+	go func() {
+		for {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				c.mu.Lock()
+				c.err = err
+				c.mu.Unlock()
+				return
+			}
+			c.frame(f)
+		}
+	}()
+}
+
+// frame takes in one frame of the server's; what it answers is written
+// after c's lock is let go (get takes the locks the other way round).
+func (c *rawH2) frame(f http2.Frame) {
+	var reply func(*http2.Framer) error
+	c.mu.Lock()
+	s := c.streams[f.Header().StreamID]
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			reply = func(fr *http2.Framer) error { return fr.WriteSettingsAck() }
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			reply = func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) }
+		}
+	case *http2.MetaHeadersFrame:
+		if s != nil {
+			s.status = f.PseudoValue("status")
+			s.header = http.Header{}
+			for _, hf := range f.RegularFields() {
+				s.header.Add(hf.Name, hf.Value)
+			}
+			s.ended = f.StreamEnded()
+		}
+	case *http2.DataFrame:
+		if s != nil {
+			s.body = append(s.body, f.Data()...)
+			s.ended = f.StreamEnded()
+		}
+		if n, id, end := uint32(f.Length), f.StreamID, f.StreamEnded(); c.window && n > 0 {
+			reply = func(fr *http2.Framer) error {
+				if !end {
+					_ = fr.WriteWindowUpdate(id, n)
+				}
+				return fr.WriteWindowUpdate(0, n)
+			}
+		}
+	case *http2.RSTStreamFrame:
+		if s != nil {
+			s.reset, s.code = true, f.ErrCode
+		}
 	}
+	c.mu.Unlock()
+	if reply != nil {
+		c.write(reply)
+	}
+}
+
+// wait waits until cond holds over the streams (read under c's lock); it
+// fails the test if the connection ends first or 10 s pass.
+func (c *rawH2) wait(what string, cond func(streams map[uint32]*h2Stream) bool) {
+	c.t.Helper()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		ok, err := cond(c.streams), c.err
+		c.mu.Unlock()
+		switch {
+		case ok:
+			return
+		case err != nil:
+			c.t.Fatalf("waiting for %s: the connection ended: %v", what, err)
+		case time.Now().After(end):
+			c.t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// answer waits until stream id ends and returns what came on it.
+func (c *rawH2) answer(id uint32) h2Stream {
+	c.t.Helper()
+	var s h2Stream
+	c.wait(fmt.Sprintf("the answer on stream %d", id), func(m map[uint32]*h2Stream) bool {
+		s = *m[id]
+		return s.ended || s.reset
+	})
 	return s
 }
 
@@ -222,6 +266,7 @@ func TestH2HostMustMatchAuthority(t *testing.T) {
 	l := startH2LB(t, Options{}, ServerOptions{ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: 5 * time.Second,
 		MaxHeaderBytes: 8192, MaxBodyBytes: 1 << 20}, nil, nil, addr(gw))
 	c := dialH2(t, l.addr, l.pool, nil)
+	c.start()
 	for _, tc := range []struct {
 		name, authority string
 		hdr             []string

@@ -84,6 +84,15 @@ type Options struct {
 	// HSTS is the Strict-Transport-Security value set on answers over TLS;
 	// "" sets none (default).
 	HSTS string
+	// MaxBufferedTotal bounds the gateways' answers held in memory at once,
+	// all requests together (the answer budget, transport.go); an answer it
+	// cannot take is streamed (rule 8). Default 256 MiB; negative: no limit.
+	MaxBufferedTotal int
+	// MaxBufferedPerConn bounds, within MaxBufferedTotal, the answers the
+	// streams of one HTTP/2 connection hold at once (an HTTP/1.1 connection
+	// holds one at a time). Default 16 MiB; negative: no limit.
+	MaxBufferedPerConn int
+	answers            *answerBudget // of MaxBufferedTotal, made by New
 	// TunnelIdleTimeout closes both sides of an upgraded connection
 	// (WebSocket) once no byte went either way for this long (default 5m).
 	TunnelIdleTimeout time.Duration
@@ -108,6 +117,7 @@ func OptionsFrom(c *config.Config) (Options, error) {
 		Tries: c.Proxy.Tries, RetryBudgetPercent: c.Proxy.RetryBudgetPercent, RetryBudgetMin: c.Proxy.RetryBudgetMin,
 		DialTimeout: c.Proxy.DialTimeout.D(), UpstreamTimeout: c.Proxy.UpstreamTimeout.D(),
 		MaxConnsPerUpstream: c.Proxy.MaxConnsPerUpstream, MaxBufferedResponse: c.Proxy.MaxBufferedResponseBytes,
+		MaxBufferedTotal: budgetLimit(c.Proxy.MaxBufferedTotalBytes), MaxBufferedPerConn: budgetLimit(c.Proxy.MaxBufferedPerConnBytes),
 		FailOn5xx: c.Health.FailOn5xx, Trusted: trusted,
 		TunnelIdleTimeout: c.Proxy.TunnelIdleTimeout.D(), MaxTunnels: c.Proxy.MaxTunnels,
 	}, nil
@@ -148,6 +158,13 @@ func New(table *balancer.Holder, opt Options) *Proxy {
 	if opt.RetryAfter == "" {
 		opt.RetryAfter = "1"
 	}
+	if opt.MaxBufferedTotal == 0 {
+		opt.MaxBufferedTotal = 256 << 20
+	}
+	if opt.MaxBufferedPerConn == 0 {
+		opt.MaxBufferedPerConn = 16 << 20
+	}
+	opt.answers = processBudget(opt.MaxBufferedTotal)
 	if opt.TunnelIdleTimeout <= 0 {
 		opt.TunnelIdleTimeout = 5 * time.Minute
 	}

@@ -97,7 +97,16 @@ type TLSServer struct {
 	Config           *tls.Config
 	HandshakeTimeout time.Duration // default 10s
 	IdleTimeout      time.Duration
-	Logger           *slog.Logger
+	// WriteTimeout is, on h2 connections, what the fasthttp server's is
+	// on the others ([proxy] write_timeout): each answer must be written
+	// within it, or its stream is reset (ServeHTTP), and a connection whose
+	// socket takes no byte for that long is closed (WriteByteTimeout;
+	// crypto/tls's Close may then wait up to 5 s more for its close_notify
+	// alert). It also paces the pings: a connection that received nothing
+	// for WriteTimeout is pinged, and closed without an answer within
+	// min(WriteTimeout, 15s). 0: none of these.
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
 	// Loop, when set (the event-loop engine), serves the HTTP/1.1
 	// connections after their handshake (rule L8 of loop_linux.go); Fast
 	// then serves only what the loops hand over. Its Serve must be
@@ -133,10 +142,22 @@ func (s *TLSServer) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	s.ln = ln
 	s.ch, s.h2ch = newChanListener(ln.Addr()), newChanListener(ln.Addr())
+	// 100 streams at once per connection: RFC 9113's recommended floor,
+	// what Envoy advises at the edge (nginx: 128). Each stream may hold an
+	// answer until WriteTimeout; the answers a connection holds are
+	// bounded together as well (Options.MaxBufferedPerConn).
+	h2c := &http.HTTP2Config{MaxConcurrentStreams: 100}
+	if wt := s.WriteTimeout; wt > 0 {
+		h2c.WriteByteTimeout = wt
+		h2c.SendPingTimeout, h2c.PingTimeout = wt, min(wt, 15*time.Second)
+	}
 	s.h2 = &http.Server{
 		Handler: s.Handler, IdleTimeout: s.IdleTimeout, Protocols: &protos,
-		HTTP2:    &http.HTTP2Config{MaxConcurrentStreams: 250},
+		HTTP2:    h2c,
 		ErrorLog: slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, h2ConnKey{}, &h2Conn{writeTimeout: s.WriteTimeout})
+		},
 	}
 	s.mu.Unlock()
 
