@@ -20,6 +20,12 @@
 // delay() script) for latency. Medians of the repetitions go into the
 // table.
 //
+// A run writes two files to -results (bench/results): <label>.md, the tables
+// (the section it puts into BENCHMARKS.md), and <label>.tsv, one line per wrk
+// run (the raw figures the medians come from). The configurations of the
+// proxies are the templates in this file; they are not stored per run (-keep
+// keeps the work directory that holds them).
+//
 // With -profile FILE it instead runs the balancer in this process (same
 // configuration, lb.New) and writes a CPU profile taken under wrk.
 package main
@@ -104,11 +110,11 @@ func main() {
 	flag.IntVar(&o.threads, "t", 2, "wrk threads")
 	flag.StringVar(&targets, "targets", "gwnomad,haproxy,caddy,fasthttp-min,gnet-min,direct", "targets, comma-separated (fasthttp-min: bench/minproxy, the engine alone; gnet-min: bench/gnetmin, the same over plain HTTP on an event loop per core, an experiment; its TLS rows are a fasthttp-min process's)")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file whose generated section is replaced (\"\": none)")
-	flag.StringVar(&o.resultsDir, "results", "bench/results", "directory for the raw results of this run")
+	flag.StringVar(&o.resultsDir, "results", "bench/results", "directory for this run's tables (<label>.md) and raw figures (<label>.tsv)")
 	flag.StringVar(&o.label, "label", "", "name of this run in the results directory (default: the time)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the in-process balancer under wrk to this file, then stop")
 	flag.StringVar(&o.profileMode, "profile-mode", "plain", "plain | tls: what the profile run loads")
-	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (the proxies' configurations, logs)")
 	flag.BoolVar(&o.noHalf, "no-half", false, "skip the half-load latency runs")
 	flag.IntVar(&o.hapThreads, "haproxy-threads", 2, "HAProxy's nbthread (experiments)")
 	flag.StringVar(&o.engine, "gwnomad-engine", "event-loop", "gwnomad's [proxy] engine: event-loop or goroutines (TLS handshakes are goroutines' either way)")
@@ -457,7 +463,7 @@ service = "apim-gateway"
 port = "passthru_http"
 policy = "round_robin"
 `, mode, listen, r.stack.Consul.HTTPAddr, name, mode, tlsCfg, engine, accessLog+"."+mode)
-		file := filepath.Join(r.dir, "lb-"+mode+".toml") // saved with the run's results
+		file := filepath.Join(r.dir, "lb-"+mode+".toml")
 		if name != "gwnomad" {
 			file = filepath.Join(r.dir, name+"-lb-"+mode+".toml")
 		}
@@ -1068,12 +1074,10 @@ func report(o options, r *rig, res *results) error {
 	if err := os.WriteFile(filepath.Join(o.resultsDir, o.label+".tsv"), []byte(tsv.String()), 0o644); err != nil {
 		return err
 	}
-	// The proxies' configurations of this run, beside its results.
-	for _, f := range []string{"haproxy.cfg", "Caddyfile", "lb-plain.toml", "lb-tls.toml", "report.lua", "rate.lua"} {
-		if b, err := os.ReadFile(filepath.Join(r.dir, f)); err == nil {
-			_ = os.WriteFile(filepath.Join(o.resultsDir, o.label+"."+f), []byte(strings.ReplaceAll(string(b), r.dir, "$WORK")), 0o644)
-		}
-	}
+	// The proxies' configurations are not stored: they come from the
+	// templates in this file (startGwnomad, startHAProxy, startCaddy) and
+	// the embedded Lua scripts, and differ from run to run only by ports
+	// and the work directory; -keep keeps the work directory with them.
 	fmt.Println(md)
 	logf("results: %s", raw)
 	if o.out == "" {
