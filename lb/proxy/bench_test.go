@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/valyala/fasthttp"
@@ -34,12 +36,12 @@ func benchProxy(b *testing.B, opt Options) {
 	bl := balancer.NewBuilder([]config.Route{{Hosts: []string{"gw.example.com"}, Policy: "p2c"}}, testHealth)
 	bl.OnRoute, bl.OnNew, bl.OnGone = p.OnRoute, p.OnNew, p.OnGone
 	h.Store(bl.Build(staticSnap(fastBackend(b), fastBackend(b), fastBackend(b))))
+	// Parsed from the wire as the server does: the head check reads the
+	// raw header block.
 	var req fasthttp.Request
-	req.Header.SetMethod("GET")
-	req.SetRequestURI("/pizzashack/1.0.0/menu?x=1")
-	req.Header.SetHost("gw.example.com")
-	req.Header.Set("User-Agent", "wrk")
-	req.Header.Set("Accept", "*/*")
+	if err := req.Read(bufio.NewReader(strings.NewReader("GET /pizzashack/1.0.0/menu?x=1 HTTP/1.1\r\nHost: gw.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"))); err != nil {
+		b.Fatal(err)
+	}
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 40000}, nil)
 	// Warm the pools.

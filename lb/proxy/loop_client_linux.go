@@ -32,6 +32,7 @@ type client struct {
 	tls        *tlsLink // over TLS (L8); nil: plain
 	deadline   int64    // unix nanoseconds; 0: none
 	x          *exchange
+	held       reservation // of the answer budget, for the answer being read or written (L11)
 }
 
 const (
@@ -56,6 +57,7 @@ type exchange struct {
 	noRoute   bool
 	refused   *headFault
 	unread    bool // its head did not parse: no method, host or URI to log
+	stream    bool // the answer budget refused the answer: relayed as it comes (L11)
 	idem      bool
 	isHead    bool
 	staleTry  bool // L6 was used for this try
@@ -80,7 +82,7 @@ func putExchange(x *exchange) {
 	x.resp.Reset()
 	x.head = x.head[:0]
 	x.route, x.tried, x.tries, x.up, x.err = nil, balancer.Tried{}, 0, nil, nil
-	x.none, x.noRoute, x.idem, x.isHead, x.staleTry, x.refused, x.unread = false, false, false, false, false, nil, false
+	x.none, x.noRoute, x.idem, x.isHead, x.staleTry, x.refused, x.unread, x.stream = false, false, false, false, false, nil, false, false
 	x.start, x.code, x.bytes, x.gw = time.Time{}, 0, 0, nil
 	x.bodyStart, x.total, x.interim, x.headed = 0, 0, 0, false
 	x.chunked, x.chunk = false, chunkState{}
@@ -402,6 +404,7 @@ func (lp *loop) flush(c *client) {
 
 // written: the answer is out; c's next request, or its end.
 func (lp *loop) written(c *client) {
+	c.held.release()
 	if c.closeAfter || lp.stopped && len(c.buf) == 0 {
 		lp.closeClient(c)
 		return
@@ -426,6 +429,7 @@ func (lp *loop) closeClient(c *client) {
 		c.x = nil
 		putExchange(x)
 	}
+	c.held.release()
 	if c.tls != nil {
 		lp.goodbye(c)
 	}

@@ -77,6 +77,7 @@ func (lp *loop) send(c *client, x *exchange, u *balancer.Upstream, fresh bool) b
 		}
 	}
 	u.Acquire()
+	c.held.release() // an earlier try's answer, if any, is gone
 	g.c, x.gw = c, g
 	g.off, x.total, x.bodyStart, x.interim, x.headed = 0, 0, 0, 0, false
 	x.chunked, x.chunk = false, chunkState{}
@@ -408,6 +409,11 @@ func (lp *loop) answerHead(g *gateway) int {
 	case x.isHead || x.code == 204 || x.code == 304 || x.code == 101:
 		x.total = x.bodyStart
 	case cl >= 0 && cl <= lp.s.maxAnswer:
+		if !lp.hold(c, cl) {
+			x.stream = true
+			lp.relay(g)
+			return headGone
+		}
 		x.total = x.bodyStart + cl
 	case cl == -1:
 		x.chunked = true
@@ -424,6 +430,10 @@ func (lp *loop) answerHead(g *gateway) int {
 func (lp *loop) chunks(g *gateway) int {
 	x := g.c.x
 	done, err := decodeChunks(g.in[x.bodyStart:], &x.chunk, lp.s.maxAnswer)
+	if err == nil && !lp.hold(g.c, x.chunk.dec) {
+		x.stream = true
+		err = errChunksTooLong
+	}
 	switch {
 	case err == errChunksTooLong:
 		lp.relay(g)
@@ -494,6 +504,19 @@ func decodeChunks(b []byte, st *chunkState, max int) (bool, error) {
 		st.dec += copy(b[st.dec:], rest[len(line):end])
 		st.scan += end + 2
 	}
+}
+
+// hold grows c's reservation of the answer budget to n bytes (L11); false,
+// counted, when the budget cannot take them.
+func (lp *loop) hold(c *client, n int) bool {
+	if c.held.total == nil {
+		c.held.total = lp.p.opt.answers
+	}
+	if c.held.grow(int64(n) - c.held.n) {
+		return true
+	}
+	c.held.total.refused.Add(1)
+	return false
 }
 
 // health tells the route how the instance answered (rule 5); 502–504 were

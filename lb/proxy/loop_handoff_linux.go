@@ -94,6 +94,7 @@ func (lp *loop) relay(g *gateway) {
 	pre := bytes.Clone(c.buf)
 	closeAfter := c.closeAfter || lp.s.stopping.Load()
 	remote := c.remote
+	c.held.release() // the relay reserves what it holds itself
 	gfd := g.fd
 	g.fd, c.x = -1, nil
 	cc, hand, cerr := lp.detach(c)
@@ -150,7 +151,13 @@ func (s *LoopServer) relayAnswer(x *exchange, remote netip.Addr, client, gw net.
 	}
 	buf := make([]byte, 32<<10)
 	var err error
-	if cl < 0 {
+	// What it holds counts against the answer budget (L11); once the
+	// budget is short, or the loop found it so (x.stream), the rest
+	// streams.
+	res := reservation{total: p.opt.answers}
+	defer res.release()
+	_ = res.grow(int64(len(held))) // in memory already, whatever the budget says
+	if cl < 0 && !x.stream {
 		limit := p.opt.MaxBufferedResponse
 		for {
 			var n int
@@ -163,6 +170,10 @@ func (s *LoopServer) relayAnswer(x *exchange, remote netip.Addr, client, gw net.
 				break
 			}
 			if err != nil || (limit > 0 && len(held) > limit) {
+				break
+			}
+			if !res.grow(int64(n)) {
+				res.total.refused.Add(1)
 				break
 			}
 		}

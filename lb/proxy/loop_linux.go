@@ -91,6 +91,12 @@ import (
 //      the loop's connections and starts the loop again ({scope="loop"}).
 //      The log names the fault and where it happened, never a byte a
 //      client sent.
+//  L11. The answers a loop holds count against the answer budget
+//      (max_buffered_total_bytes, transport.go) from their head until
+//      their last byte is written or the client is gone: one of known
+//      length whole, a chunked one as it is decoded. An answer the budget
+//      cannot take is relayed (L4) and streamed, not held, so clients
+//      that do not read cannot pin more than the budget.
 
 const (
 	loopMaxAnswer   = 1 << 20                // the most a loop buffers of one answer (L2)
@@ -528,6 +534,7 @@ func (lp *loop) contain(c *client, g *gateway) {
 // in, as far as it can: c's state may be what the fault left.
 func (lp *loop) abandon(c *client) {
 	defer func() { _ = recover() }()
+	c.held.release()
 	if x := c.x; x != nil {
 		c.x = nil
 		if g := x.gw; g != nil {
@@ -580,6 +587,7 @@ func (lp *loop) reset() {
 			if o.fd == fd {
 				unix.Close(fd)
 			}
+			o.held.release()
 			o.fd, o.state = -1, cGone
 		case *gateway:
 			if o.fd == fd {

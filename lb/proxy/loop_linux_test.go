@@ -39,6 +39,8 @@ func TestLoopEngine(t *testing.T) {
 		{"InterimAnswersAndTrailers", TestInterimAnswersAndTrailers},
 		{"UntilCloseAnswers", TestUntilCloseAnswers},
 		{"UnaskedSwitchClosesConnection", TestUnaskedSwitchClosesConnection},
+		{"HTTP1SlowReadersBudget", TestHTTP1SlowReadersBudget},
+		{"AnswersBeyondTheBudgetStreamed", TestAnswersBeyondTheBudgetStreamed},
 		{"UpgradeAnsweredAsHTTPStaysHTTP", TestUpgradeAnsweredAsHTTPStaysHTTP},
 		{"UpgradeSwitchMustAgree", TestUpgradeSwitchMustAgree},
 		{"TunnelIdleTimeout", TestTunnelIdleTimeout},

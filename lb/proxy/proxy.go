@@ -41,7 +41,11 @@
 //  7. If every try failed: 504 after a timeout, 502 otherwise.
 //  8. An answer larger than max_buffered_response_bytes is not held in
 //     memory: it is streamed to the client as it comes from the gateway,
-//     from the first fetch, whatever the method (transport.go).
+//     from the first fetch, whatever the method (transport.go). So is an
+//     answer that the answer budget cannot take: the answers held at once
+//     stay within max_buffered_total_bytes, and those of one h2
+//     connection within max_buffered_per_connection_bytes, whatever the
+//     number of clients that do not read.
 package proxy
 
 import (
@@ -297,7 +301,7 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 			DisablePathNormalizing:        true,
 			DisableHeaderNamesNormalizing: false,
 			ReadBufferSize:                16 << 10,
-			Transport:                     gatewayTransport{max: p.opt.MaxBufferedResponse},
+			Transport:                     gatewayTransport{max: p.opt.MaxBufferedResponse, budget: p.opt.answers},
 
 			// The connection used last goes out first: it is warm on both
 			// ends, the ones beyond what the load needs idle out, and
@@ -485,6 +489,10 @@ func (p *Proxy) ServeFast(ctx *fasthttp.RequestCtx) {
 	start := ctx.Time()
 	if f := checkRequest(ctx.Method(), ctx.Request.Header.RequestURI(), ctx.Request.Header.Protocol(), ctx.Request.Header.RawHeaders()); f != nil {
 		p.refuse(ctx, f, start)
+		return
+	}
+	if t := ctx.Request.Header.TrailerHeader(); len(t) > 2 && !dropTrailers(&ctx.Request.Header, t) {
+		p.refuse(ctx, faultTrailer, start)
 		return
 	}
 	t := p.table.Load()

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+
+	"github.com/valyala/fasthttp"
 )
 
 // A request head is checked before anything of it reaches a gateway, by
@@ -44,6 +46,9 @@ import (
 //     §3.2.2 says they must agree for a proxy to forward)
 //   - CONNECT (the balancer is no forward proxy): 501
 //   - PRI (an h2 preface over HTTP/1.1): 505
+//
+// A chunked request's trailer fields are dropped (dropTrailers); one
+// that has the name of a header field gets 400.
 
 // headFault is why a head is refused: its status and a short text for
 // the client and the access log.
@@ -67,7 +72,41 @@ var (
 	faultExpect      = &headFault{417, "unsupported Expect"}
 	faultConnect     = &headFault{501, "CONNECT is not supported"}
 	faultAuthority   = &headFault{400, "request target's host is not the Host header"}
+	faultTrailer     = &headFault{400, "trailer field named as a header field"}
 )
+
+// dropTrailers discards a chunked request's trailer fields (trailer, as
+// fasthttp's TrailerHeader gives it): the body goes on with a length, and
+// fasthttp would write them among the header fields, where a gateway
+// would take them for fields the client sent before the body (net/http
+// keeps them apart; RFC 9110 §6.5.1 lets a proxy that removes the
+// chunked coding discard them). False when a trailer field has the name
+// of a header field too: deleting one deletes both, so the request is
+// refused instead.
+func dropTrailers(h *fasthttp.RequestHeader, trailer []byte) bool {
+	t := bytes.Clone(trailer)
+	names := map[string]int{}
+	for len(t) > 0 {
+		i := bytes.IndexByte(t, '\n')
+		if i < 0 {
+			i = len(t) - 1
+		}
+		line := t[:i+1]
+		t = t[i+1:]
+		if c := bytes.IndexByte(line, ':'); c > 0 {
+			names[string(line[:c])]++
+		}
+	}
+	for k, n := range names {
+		if len(h.PeekAll(k)) != n {
+			return false
+		}
+	}
+	for k := range names {
+		h.Del(k)
+	}
+	return true
+}
 
 // checkHead checks a whole request head: request line, header lines, the
 // empty line. nil: it may be forwarded.
