@@ -49,6 +49,10 @@ import (
 //
 // A chunked request's trailer fields are dropped (dropTrailers); one
 // that has the name of a header field gets 400.
+//
+// Read as net/http reads them but written otherwise, and allowed: the
+// goroutine engine (fasthttp) skips empty lines before a request line
+// (RFC 9112 §2.2) and writes an empty query ("/a?") as "/a".
 
 // headFault is why a head is refused: its status and a short text for
 // the client and the access log.
