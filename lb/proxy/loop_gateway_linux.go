@@ -390,10 +390,13 @@ func (lp *loop) answerHead(g *gateway) int {
 	x.resp.SetNoDefaultContentType(true)
 	p, r := lp.p, x.route
 	if x.code == 502 || x.code == 503 || x.code == 504 {
-		p.failure(r, x.up, g.ux)
-		// Another instance, if there is one to try; else this answer
-		// is the client's.
-		if x.idem && x.tries < p.opt.Tries && len(r.Upstreams) > x.tried.Len() {
+		// Told now, not once the body is in (health): another instance,
+		// if there is one to try; else this answer is the client's.
+		h, nx := judge(result{idem: x.idem, code: x.code})
+		if h == healthFailure {
+			p.failure(r, x.up, g.ux)
+		}
+		if nx == nextOrAnswer && x.tries < p.opt.Tries && len(r.Upstreams) > x.tried.Len() {
 			if u := lp.next(x); u != nil {
 				lp.release(g, false)
 				x.gw = nil
@@ -522,11 +525,12 @@ func (lp *loop) hold(c *client, n int) bool {
 // health tells the route how the instance answered (rule 5); 502–504 were
 // told when their head came.
 func (lp *loop) health(x *exchange, ux *upstreamExt) {
-	switch {
-	case x.code == 502 || x.code == 503 || x.code == 504:
-	case x.code >= 500 && x.route.Ext.(*routeExt).failOn5x:
+	if x.code == 502 || x.code == 503 || x.code == 504 {
+		return
+	}
+	if h, _ := judge(result{code: x.code, failOn5xx: x.route.Ext.(*routeExt).failOn5x}); h == healthFailure {
 		lp.p.failure(x.route, x.up, ux)
-	default:
+	} else {
 		x.route.ReportSuccess(x.up, lp.nowNano)
 	}
 }
@@ -582,10 +586,12 @@ func (lp *loop) gatewayFailed(g *gateway, err error) {
 		lp.try(c, x)
 		return
 	}
-	lp.p.failure(x.route, x.up, x.up.Ext.(*upstreamExt))
-	if nothingSent(err) || (x.idem && !isTimeout(err)) {
-		lp.try(c, x)
-		return
+	if h, nx := judge(result{idem: x.idem, err: err}); h == healthFailure {
+		lp.p.failure(x.route, x.up, x.up.Ext.(*upstreamExt))
+		if nx == nextOrError {
+			lp.try(c, x)
+			return
+		}
 	}
 	lp.replyError(c, x)
 }

@@ -454,24 +454,19 @@ func (p *Proxy) forward(r *balancer.Route, req *fasthttp.Request, resp *fasthttp
 		err := ux.hc.Do(req, resp)
 		u.Release()
 		o.err = err
-		if err != nil {
+		h, nx := judge(result{idem: idem, err: err, code: resp.StatusCode(), failOn5xx: rx.failOn5x})
+		if h == healthFailure {
 			p.failure(r, u, ux)
-			if nothingSent(err) || (idem && !isTimeout(err)) {
-				continue
-			}
-			return
-		}
-		code := resp.StatusCode()
-		switch {
-		case code == 502 || code == 503 || code == 504:
-			p.failure(r, u, ux)
-			if idem && attempt+1 < p.opt.Tries && len(r.Upstreams) > tried.Len() {
-				continue
-			}
-		case code >= 500 && rx.failOn5x:
-			p.failure(r, u, ux)
-		default:
+		} else {
 			r.ReportSuccess(u, nowNano)
+		}
+		switch nx {
+		case nextOrError:
+			continue
+		case nextOrAnswer:
+			if attempt+1 < p.opt.Tries && len(r.Upstreams) > tried.Len() {
+				continue
+			}
 		}
 		return
 	}
