@@ -29,6 +29,14 @@ const (
 	EventError       = "error"       // the command failed (-o json: its last line)
 )
 
+// Event types of a rolling restart (gwnomad restart), which also emits
+// preflight, node, explain, interrupted, message, summary and error.
+const (
+	EventDrain   = "drain"   // a node taken out of the load balancers (Consul maintenance), or put back unrestarted
+	EventRestart = "restart" // Nomad restarted a node's allocation in place
+	EventRouted  = "routed"  // a restarted node passes its checks and every load balancer routes to it again
+)
+
 // Event is one thing that happened during a deploy or a stop. With -o json
 // each event is one JSON object per line.
 type Event struct {
@@ -185,7 +193,7 @@ func (l *live) draw() {
 // Summary is the end of a deploy: how it ended, the nodes, how long it took.
 type Summary struct {
 	// Outcome: "healthy", "unchanged", "repaired" (KV only), "detached", "failed", "placement_failed",
-	// "interrupted".
+	// "interrupted"; a restart's: "restarted", "failed", "interrupted".
 	Outcome      string `json:"outcome"`
 	Job          string `json:"job"`
 	JobVersion   uint64 `json:"job_version"`
@@ -200,6 +208,8 @@ type Summary struct {
 	Count          int       `json:"count"`
 	Duration       string    `json:"duration"`
 	Message        string    `json:"message,omitempty"`
+	// Restarted are the nodes a restart restarted, in order (restart only).
+	Restarted []string `json:"restarted,omitempty"`
 }
 
 // Write prints the summary.
