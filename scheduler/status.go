@@ -191,6 +191,200 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	return st, nil
 }
 
+// watchWait bounds one blocking query; Nomad and Consul answer at the
+// latest then, changed or not.
+const watchWait = 5 * time.Minute
+
+// watchSettle lets the burst of index changes one event causes (an
+// allocation's client update, its deployment health, its Consul checks)
+// land before the status is read again, so that one change is one redraw.
+const watchSettle = 150 * time.Millisecond
+
+// Watch calls fn with the status now, then again each time it changes,
+// until ctx ends (it returns nil) or fn fails (its error). With lbService
+// not "", the status holds the load balancers in front, as `gwnomad
+// status` shows them. It waits with blocking queries on what the status
+// reads: the job, its allocations and latest deployment in Nomad, the
+// gateway's and the load balancers' health in Consul; a change that leaves
+// the status as it was (uptime aside) calls nothing. The first read's
+// error is returned; later errors go to onErr and the query is retried.
+func (c *Client) Watch(ctx context.Context, lbService string, fn func(*Status) error, onErr func(error)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.statusWithLBs(ctx, lbService)
+	if err != nil {
+		return err
+	}
+	if err := fn(st); err != nil {
+		return err
+	}
+	prev := statusKey(st)
+	changed := make(chan struct{}, 1)
+	errs := make(chan error, 16)
+	for _, q := range c.watchQueries(lbService) {
+		go watchIndex(ctx, q, changed, errs)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			onErr(err)
+			continue
+		case <-changed:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(watchSettle):
+		}
+		select {
+		case <-changed:
+		default:
+		}
+		st, err := c.statusWithLBs(ctx, lbService)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			onErr(err)
+			continue
+		}
+		if k := statusKey(st); k != prev {
+			prev = k
+			if err := fn(st); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *Client) statusWithLBs(ctx context.Context, lbService string) (*Status, error) {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if lbService != "" {
+		st.LBService = lbService
+		if st.LoadBalancers, err = c.LoadBalancers(ctx, lbService); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// statusKey is what a redraw would show, but for the uptimes, which
+// change every second and are not a change of state.
+func statusKey(st *Status) string {
+	cp := *st
+	cp.Nodes = slices.Clone(st.Nodes)
+	for i := range cp.Nodes {
+		cp.Nodes[i].Uptime = ""
+	}
+	b, _ := json.Marshal(&cp)
+	return string(b)
+}
+
+// indexQuery is one blocking query: it returns when the index of what it
+// reads passes index (or its wait ends), with the new index.
+type indexQuery func(ctx context.Context, index uint64) (uint64, error)
+
+func (c *Client) watchQueries(lbService string) []indexQuery {
+	nq := func(ctx context.Context, index uint64) *nomadapi.QueryOptions {
+		return (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx)
+	}
+	cq := func(ctx context.Context, index uint64) *consulapi.QueryOptions {
+		return (&consulapi.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx)
+	}
+	health := func(service, tag string) indexQuery {
+		return func(ctx context.Context, index uint64) (uint64, error) {
+			_, m, err := c.consul.Health().Service(service, tag, false, cq(ctx, index))
+			if err != nil {
+				return 0, c.cerr("watching Consul health of "+service, err)
+			}
+			return m.LastIndex, nil
+		}
+	}
+	qs := []indexQuery{
+		func(ctx context.Context, index uint64) (uint64, error) {
+			// The job list rather than the job: it answers (and blocks)
+			// before the job is registered and after it is purged.
+			q := nq(ctx, index)
+			q.Prefix = c.JobID()
+			_, m, err := c.nomad.Jobs().List(q)
+			if err != nil {
+				return 0, c.nerr("watching job "+c.JobID(), err)
+			}
+			return m.LastIndex, nil
+		},
+		func(ctx context.Context, index uint64) (uint64, error) {
+			_, m, err := c.nomad.Jobs().Allocations(c.JobID(), false, nq(ctx, index))
+			if err != nil {
+				return 0, c.nerr("watching the allocations of job "+c.JobID(), err)
+			}
+			return m.LastIndex, nil
+		},
+		func(ctx context.Context, index uint64) (uint64, error) {
+			_, m, err := c.nomad.Jobs().LatestDeployment(c.JobID(), nq(ctx, index))
+			if err != nil {
+				return 0, c.nerr("watching the deployments of job "+c.JobID(), err)
+			}
+			return m.LastIndex, nil
+		},
+		health(c.spec.Gateway.Service, jobs.ClusterTag(c.spec)),
+	}
+	if lbService != "" {
+		qs = append(qs, health(lbService, ""))
+	}
+	return qs
+}
+
+// watchIndex runs q until ctx ends, signalling changed each time the index
+// moves (and on its first answer, which may be after a change the first
+// status read missed). Errors go to errs, then q is retried after a pause
+// that grows to 30s while it keeps failing.
+func watchIndex(ctx context.Context, q indexQuery, changed chan<- struct{}, errs chan<- error) {
+	var index uint64
+	first := true
+	pause := time.Second
+	for ctx.Err() == nil {
+		next, err := q(ctx, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			select {
+			case errs <- err:
+			default:
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, 30*time.Second)
+			index, first = 0, true // what changed meanwhile is unknown
+			continue
+		}
+		pause = time.Second
+		// Asking from index 0 returns at once: never again after an answer.
+		next = max(next, 1)
+		if next < index {
+			// The index went back (a restored snapshot, a new leader):
+			// start over, as after an error.
+			index, first = 0, true
+			continue
+		}
+		if first || next != index {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+		index, first = next, false
+	}
+}
+
 // nodeRows lists the job's allocations that are not terminal (all of them
 // with all = true), joined with their Consul checks.
 func (c *Client) nodeRows(ctx context.Context, all bool) ([]NodeRow, error) {
