@@ -121,6 +121,21 @@ node { policy = "read" }`)
 		})
 	}
 
+	t.Run("logs with the deploy/acl policies; without read-logs exit 4", func(t *testing.T) {
+		use(t, consulToken, nomadToken)
+		code, out, errs := gw(t, "logs", "--spec", v1, "--stderr", "--tail", "5")
+		if code != exitOK || !strings.Contains(out, "gatewaysim: ") {
+			t.Fatalf("logs: exit %d, want 0 with the gateway's stderr\n%s\n%s", code, out, errs)
+		}
+		noSecrets(t, out, errs)
+		use(t, consulToken, nomadReadOnly) // may read the job, not its logs
+		code, out, errs = gw(t, "logs", "--spec", v1, "--stderr")
+		if code != exitUnreachable || !strings.Contains(errs, "permission denied") || !strings.Contains(errs, "NOMAD_TOKEN") {
+			t.Fatalf("logs without read-logs: exit %d, want 4 saying the token may not\n%s\n%s", code, out, errs)
+		}
+		noSecrets(t, out, errs)
+	})
+
 	t.Run("stop with the deploy/acl policies", func(t *testing.T) {
 		use(t, consulToken, nomadToken)
 		code, out, errs := gw(t, "stop", "-f", v1)
