@@ -136,6 +136,21 @@ node { policy = "read" }`)
 		noSecrets(t, out, errs)
 	})
 
+	t.Run("restart with the deploy/acl policies; without alloc-lifecycle exit 4", func(t *testing.T) {
+		use(t, consulToken, nomadToken)
+		code, out, errs := gw(t, "restart", "-f", v1, "--lb-service", "")
+		if code != exitOK {
+			t.Fatalf("restart: exit %d, want 0\n%s\n%s", code, out, errs)
+		}
+		noSecrets(t, out, errs)
+		use(t, consulReadOnly, nomadToken) // may not put the node in maintenance
+		code, out, errs = gw(t, "restart", "-f", v1, "--lb-service", "")
+		if code != exitUnreachable || !strings.Contains(errs, "permission denied") {
+			t.Fatalf("restart without service:write: exit %d, want 4 saying permission denied\n%s\n%s", code, out, errs)
+		}
+		noSecrets(t, out, errs)
+	})
+
 	t.Run("stop with the deploy/acl policies", func(t *testing.T) {
 		use(t, consulToken, nomadToken)
 		code, out, errs := gw(t, "stop", "-f", v1)

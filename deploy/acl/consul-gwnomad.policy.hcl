@@ -1,4 +1,4 @@
-# Consul ACL policy for the token that runs `gwnomad deploy|plan|status|stop`.
+# Consul ACL policy for the token that runs `gwnomad deploy|plan|status|stop|restart`.
 #   consul acl policy create -name gwnomad -rules @acl/consul-gwnomad.policy.hcl
 #   consul acl token create -description "gwnomad CI" -policy-name gwnomad
 
@@ -13,4 +13,11 @@ service_prefix "" {
 }
 node_prefix "" {
   policy = "read"
+}
+
+# restart: a gateway node in and out of maintenance mode, on its Consul
+# agent, while it restarts. The spec's [gateway] service, "apim-gateway"
+# by default.
+service "apim-gateway" {
+  policy = "write"
 }
