@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/nomad/api"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/spec"
 	"github.com/gwnomad/gwnomad/templates"
 )
@@ -34,8 +35,8 @@ const (
 	ReadinessPath      = "/api/am/gateway/v2/server-startup-healthcheck"
 
 	// TagGwnomad is on every gateway instance; TagCanary on canaries.
-	TagGwnomad = "gwnomad"
-	TagCanary  = "canary"
+	TagGwnomad = contract.TagGwnomad
+	TagCanary  = contract.TagCanary
 )
 
 // ClusterTag is the tag of every instance of a cluster: "cluster=<name>".
@@ -47,7 +48,7 @@ const ServicePortLabel = templates.LabelPassthruHTTPS
 
 // MetaPortPrefix + label is the service meta key of each port
 // ("port_passthru_https" = "24567"): the load balancer reads these.
-const MetaPortPrefix = "port_"
+const MetaPortPrefix = contract.MetaPortPrefix
 
 // Labels returns the port labels of the job, in order.
 func Labels(s *spec.Spec) []string {
@@ -201,19 +202,19 @@ func driverConfig(s *spec.Spec) map[string]any {
 func service(s *spec.Spec, checksum, kvPrefix string) *api.Service {
 	g := s.Gateway
 	meta := map[string]string{
-		"cluster":         s.Cluster.Name,
-		"node":            "${node.unique.name}",
-		"alloc_id":        "${NOMAD_ALLOC_ID}",
-		"hostname":        g.Hostname,
-		"product":         "WSO2 API Manager gateway",
-		"product_version": g.ProductVersion,
-		"config_checksum": checksum[:12],
-		"kv_prefix":       kvPrefix,
+		"cluster":             s.Cluster.Name,
+		"node":                "${node.unique.name}",
+		contract.MetaAllocID:  "${NOMAD_ALLOC_ID}",
+		"hostname":            g.Hostname,
+		"product":             "WSO2 API Manager gateway",
+		"product_version":     g.ProductVersion,
+		"config_checksum":     checksum[:12],
+		contract.MetaKVPrefix: kvPrefix,
 	}
 	for _, label := range Labels(s) {
 		meta[MetaPortPrefix+label] = "${NOMAD_HOST_PORT_" + label + "}"
 	}
-	canaryMeta := map[string]string{"canary": "true"}
+	canaryMeta := map[string]string{contract.TagCanary: "true"}
 	for k, v := range meta {
 		canaryMeta[k] = v
 	}

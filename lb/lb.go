@@ -83,6 +83,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/valyala/fasthttp"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/lb/admin"
 	"github.com/gwnomad/gwnomad/lb/balancer"
 	"github.com/gwnomad/gwnomad/lb/certs"
@@ -676,17 +677,17 @@ func (l *LB) registration(routes []config.Route) *consulapi.AgentServiceRegistra
 	if ip := net.ParseIP(ahost); ahost == "" || (ip != nil && ip.IsUnspecified()) {
 		ahost = "127.0.0.1"
 	}
-	meta := map[string]string{"admin": a.Admin, "services": routedServices(routes)}
+	meta := map[string]string{contract.MetaAdmin: a.Admin, contract.MetaServices: routedServices(routes)}
 	if a.HTTPS != "" {
 		_, p, _ := net.SplitHostPort(a.HTTPS)
-		meta["port_https"] = p
+		meta[contract.MetaPortPrefix+"https"] = p
 	}
 	if a.HTTP != "" {
 		_, p, _ := net.SplitHostPort(a.HTTP)
-		meta["port_http"] = p
+		meta[contract.MetaPortPrefix+"http"] = p
 	}
 	return &consulapi.AgentServiceRegistration{
-		ID: id, Name: cfg.ServiceName, Address: addr, Port: port, Tags: []string{"gwnomad"}, Meta: meta,
+		ID: id, Name: cfg.ServiceName, Address: addr, Port: port, Tags: []string{contract.TagLB}, Meta: meta,
 		Check: &consulapi.AgentServiceCheck{
 			CheckID:                        id + ":healthz",
 			Name:                           "gwnomad lb /healthz",

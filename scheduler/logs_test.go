@@ -90,10 +90,10 @@ func TestChooseAlloc(t *testing.T) {
 
 // fakeLog is Nomad's log endpoint over one log file that a test appends to.
 type fakeLog struct {
-	mu      sync.Mutex
-	data    []byte
-	grew    chan struct{} // closed and replaced on each append
-	onFollow func()       // called when a following request comes in
+	mu       sync.Mutex
+	data     []byte
+	grew     chan struct{} // closed and replaced on each append
+	onFollow func()        // called when a following request comes in
 }
 
 const fakeFile = "alloc/logs/gateway.stderr.0"

@@ -16,6 +16,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/jobs"
 )
 
@@ -103,16 +104,16 @@ func (c *Client) LoadBalancers(ctx context.Context, service string) ([]LBRow, er
 	}
 	rows := []LBRow{}
 	for _, e := range entries {
-		if svcs := e.Service.Meta["services"]; svcs != "" && !slices.Contains(strings.Split(svcs, ","), c.spec.Gateway.Service) {
+		if svcs := e.Service.Meta[contract.MetaServices]; svcs != "" && !slices.Contains(strings.Split(svcs, ","), c.spec.Gateway.Service) {
 			continue // in front of another cluster
 		}
 		r := LBRow{ID: e.Service.ID, Node: e.Node.Node, Address: e.Service.Address, Check: e.Checks.AggregatedStatus(),
-			Admin: e.Service.Meta["admin"], Ports: map[string]int{}}
+			Admin: e.Service.Meta[contract.MetaAdmin], Ports: map[string]int{}}
 		if r.Address == "" {
 			r.Address = e.Node.Address
 		}
 		for _, name := range []string{"http", "https"} {
-			if p, err := strconv.Atoi(e.Service.Meta["port_"+name]); err == nil {
+			if p, err := strconv.Atoi(e.Service.Meta[contract.MetaPortPrefix+name]); err == nil {
 				r.Ports[name] = p
 			}
 		}
@@ -430,11 +431,11 @@ func (c *Client) row(ctx context.Context, a *nomadapi.AllocationListStub, inst *
 	}
 	if inst != nil {
 		r.Address = inst.Service.Address
-		if p := inst.Service.Meta["kv_prefix"]; p != "" {
+		if p := inst.Service.Meta[contract.MetaKVPrefix]; p != "" {
 			r.Config = path.Base(p)
 		}
 		for k, v := range inst.Service.Meta {
-			if label, ok := strings.CutPrefix(k, jobs.MetaPortPrefix); ok {
+			if label, ok := strings.CutPrefix(k, contract.MetaPortPrefix); ok {
 				var p int
 				fmt.Sscanf(v, "%d", &p)
 				r.Ports[label] = p
@@ -474,7 +475,7 @@ func (c *Client) instances(ctx context.Context) (map[string]*consulapi.ServiceEn
 	}
 	out := map[string]*consulapi.ServiceEntry{}
 	for _, e := range entries {
-		id := e.Service.Meta["alloc_id"]
+		id := e.Service.Meta[contract.MetaAllocID]
 		if id == "" {
 			// Nomad's service ID: _nomad-task-<alloc>-<task>-<service>-<port>
 			id = strings.TrimPrefix(e.Service.ID, "_nomad-task-")

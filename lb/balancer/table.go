@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/lb/config"
 	"github.com/gwnomad/gwnomad/lb/discovery"
 )
@@ -401,7 +402,7 @@ func ResolvePort(in *discovery.Instance, num int, name string) (int, bool) {
 	if name == "service" {
 		return in.Port, in.Port > 0
 	}
-	if v, ok := in.Meta["port_"+name]; ok {
+	if v, ok := in.Meta[contract.MetaPortPrefix+name]; ok {
 		p, err := strconv.Atoi(v)
 		return p, err == nil && p > 0 && p < 65536
 	}

@@ -34,6 +34,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/internal/tomlfile"
 )
 
@@ -279,7 +280,7 @@ func Default() *Config {
 			MaxStaleness:   Duration(15 * time.Minute),
 			ReconnectGrace: Duration(15 * time.Second),
 			Register:       true,
-			ServiceName:    "gwnomad-lb",
+			ServiceName:    contract.LBService,
 			CheckInterval:  Duration(5 * time.Second),
 		},
 		Proxy: Proxy{
