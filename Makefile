@@ -18,9 +18,14 @@ LINTBIN := $(BIN)/lint-$(GO_TOOLCHAIN)
 all: build tools
 
 # The simulator is static (CGO off): the exec driver's chroot holds nothing else.
+# `gwnomad version` prints VERSION (make build VERSION=v1.2.3) and the commit
+# Go stamps; BUILDVCS asks for that stamp even where GOFLAGS turns it off,
+# unless git cannot read the checkout (then the build would fail).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BUILDVCS ?= $(shell git status --porcelain >/dev/null 2>&1 && echo auto || echo false)
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/gwnomad ./cmd/devstack
+	$(GO) build -buildvcs=$(BUILDVCS) -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/gwnomad ./cmd/devstack
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/gatewaysim
 
 # Real agents, built from the Go module proxy as tool dependencies of their own

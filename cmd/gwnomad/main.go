@@ -41,16 +41,19 @@ func usage(w io.Writer) {
 	fmt.Fprintf(w, `gwnomad: WSO2 API-M Gateway nodes in HA on Nomad and Consul, with a TLS load balancer.
 
 Usage: gwnomad <command> [flags]
+       gwnomad --version
 
 Commands:
 `)
 	names := make([]string, 0, len(commands))
+	width := 0
 	for n := range commands {
 		names = append(names, n)
+		width = max(width, len(n))
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-*s %s\n", width, n, commands[n].summary)
 	}
 	fmt.Fprintf(w, `
 Run 'gwnomad <command> --help' for a command's flags and examples.
@@ -80,6 +83,11 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
+		return exitOK
+	}
+	switch args[0] {
+	case "-v", "-version", "--version": // as nomad and consul take them
+		printVersionLine(stdout)
 		return exitOK
 	}
 	c, ok := commands[args[0]]
