@@ -103,6 +103,9 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 // parseFlags parses a command's flags; ok false means return code.
 func parseFlags(fs *flag.FlagSet, args []string, usage string, stdout, stderr io.Writer) (code int, ok bool) {
+	if probed(stdout, fs) { // shell completion asks for the flags
+		return exitOK, false
+	}
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	if err := fs.Parse(args); err != nil {

@@ -43,6 +43,9 @@ func runInit(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fset.Usage = func() { fmt.Fprint(stderr, initUsage) }
 	file := fset.String("f", "gwnomad.toml", `file to write ("-" prints it)`)
 	force := fset.Bool("force", false, "overwrite an existing file")
+	if probed(stdout, fset) { // shell completion asks for the flags
+		return exitOK
+	}
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, initUsage)

@@ -107,6 +107,9 @@ func runLB(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		routes    routeFlags
 	)
 	fs.Var(&routes, "route", "add a route `host=service` (repeatable; port passthru_http, policy p2c)")
+	if probed(stdout, fs) { // shell completion asks for the flags
+		return exitOK
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK

@@ -31,6 +31,11 @@ type command struct {
 	// run executes the command. It returns the process exit code; it never
 	// calls os.Exit itself.
 	run func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+	// subcommands are the words the command takes first (render's targets),
+	// for shell completion; each has its own flags.
+	subcommands []string
+	// hidden commands are left out of the usage and of completion.
+	hidden bool
 }
 
 var commands = map[string]*command{}
@@ -47,9 +52,11 @@ Commands:
 `)
 	names := make([]string, 0, len(commands))
 	width := 0
-	for n := range commands {
-		names = append(names, n)
-		width = max(width, len(n))
+	for n, c := range commands {
+		if !c.hidden {
+			names = append(names, n)
+			width = max(width, len(n))
+		}
 	}
 	sort.Strings(names)
 	for _, n := range names {

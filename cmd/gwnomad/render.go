@@ -20,6 +20,8 @@ func init() {
 		name:    "render",
 		summary: "print the Nomad job or a node's deployment.toml for a spec",
 		run:     runRender,
+		// What follows the target are that target's flags.
+		subcommands: []string{"job", "config"},
 	})
 }
 
@@ -82,6 +84,9 @@ func renderFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 
 // renderParse parses flags; ok false means return code.
 func renderParse(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool) {
+	if probed(stdout, fs) { // shell completion asks for the flags
+		return exitOK, false
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, renderUsage)
