@@ -40,7 +40,7 @@ const readAheadSize = 4096
 var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
 
 // Conn is a *net.TCPConn whose reads and writes cost fewer system calls
-// (see above). Wrap makes one.
+// (see above). wrap makes one.
 type Conn struct {
 	*net.TCPConn
 	rmu  sync.Mutex // one reader at a time, as net.Conn (and the runtime's one waiter per socket)
@@ -54,8 +54,8 @@ type Conn struct {
 	rearms int // armed deadlines that passed before the one asked (tests read it)
 }
 
-// Wrap returns c as a *Conn when it is a TCP connection, else c.
-func Wrap(c net.Conn) net.Conn {
+// wrap returns c as a *Conn when it is a TCP connection, else c.
+func wrap(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
@@ -159,5 +159,5 @@ func (l Listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Wrap(c), nil
+	return wrap(c), nil
 }

@@ -211,13 +211,13 @@ func TestConnErrors(t *testing.T) {
 	})
 }
 
-// Wrap leaves connections that are not TCP alone.
+// wrap leaves connections that are not TCP alone.
 func TestWrapNonTCP(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if Wrap(a) != a {
-		t.Fatal("Wrap changed a non-TCP connection")
+	if wrap(a) != a {
+		t.Fatal("wrap changed a non-TCP connection")
 	}
 }
 
@@ -238,7 +238,7 @@ func BenchmarkConnReadAhead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := Wrap(raw)
+	c := wrap(raw)
 	defer c.Close()
 	msg := bytes.Repeat([]byte("x"), 100)
 	one, rest := make([]byte, 1), make([]byte, 4096)

@@ -153,7 +153,7 @@ func (p *Proxy) NewLoopServer(o ServerOptions) *LoopServer {
 	return s
 }
 
-// Serve accepts on ln, and serves the TLS connections given to AdoptTLS,
+// Serve accepts on ln, and serves the TLS connections given to adoptTLS,
 // until Shutdown. ln must be a TCP listener (its file descriptor is shared
 // with the loops), or nil: TLS connections only.
 func (s *LoopServer) Serve(ln net.Listener) error {

@@ -24,8 +24,8 @@ func (*LoopServer) Serve(net.Listener) error {
 // Shutdown does nothing.
 func (*LoopServer) Shutdown(context.Context) error { return nil }
 
-// AdoptTLS takes nothing.
-func (*LoopServer) AdoptTLS(*tls.Conn, *chanListener) bool { return false }
+// adoptTLS takes nothing.
+func (*LoopServer) adoptTLS(*tls.Conn, *chanListener) bool { return false }
 
-// NewTLSLink returns c.
-func NewTLSLink(c net.Conn) net.Conn { return c }
+// newTLSLink returns c.
+func newTLSLink(c net.Conn) net.Conn { return c }

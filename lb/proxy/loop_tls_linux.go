@@ -148,11 +148,11 @@ func (c *tlsPrefixConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
-// AdoptTLS gives a handshaken HTTP/1.1 connection to a loop (L8). tc must
-// have been made over NewTLSLink's link; hand is the goroutine engine its
+// adoptTLS gives a handshaken HTTP/1.1 connection to a loop (L8). tc must
+// have been made over newTLSLink's link; hand is the goroutine engine its
 // requests go to when the loop hands them over. False: the loops do not
 // serve (not yet, or no more); tc is untouched.
-func (s *LoopServer) AdoptTLS(tc *tls.Conn, hand *chanListener) bool {
+func (s *LoopServer) adoptTLS(tc *tls.Conn, hand *chanListener) bool {
 	l, ok := tc.NetConn().(*tlsLink)
 	if !ok || l.nc == nil {
 		return false
@@ -187,9 +187,9 @@ func (s *LoopServer) AdoptTLS(tc *tls.Conn, hand *chanListener) bool {
 	return true
 }
 
-// NewTLSLink wraps c, a TCP connection just accepted (or its Conn), for
-// tls.Server, so that AdoptTLS can later move it to a loop.
-func NewTLSLink(c net.Conn) net.Conn { return &tlsLink{nc: c, fd: -1} }
+// newTLSLink wraps c, a TCP connection just accepted (or its Conn), for
+// tls.Server, so that adoptTLS can later move it to a loop.
+func newTLSLink(c net.Conn) net.Conn { return &tlsLink{nc: c, fd: -1} }
 
 // readTLS reads c's next plaintext into p (as readClient). crypto/tls may
 // hold whole records while the socket is empty (c.readable false), so it

@@ -269,7 +269,7 @@ func (p *Proxy) OnNew(rc *config.Route, u *balancer.Upstream) {
 		if err != nil {
 			return nil, &dialError{err}
 		}
-		c = Wrap(c)
+		c = wrap(c)
 		if tc != nil {
 			tlsc := tls.Client(c, tc)
 			_ = tlsc.SetDeadline(time.Now().Add(dialTimeout))

@@ -178,9 +178,9 @@ func (s *TLSServer) Serve(ln net.Listener) error {
 		}
 		s.wg.Add(1)
 		if s.Loop != nil {
-			go s.handshake(tls.Server(NewTLSLink(Wrap(c)), cfg))
+			go s.handshake(tls.Server(newTLSLink(wrap(c)), cfg))
 		} else {
-			go s.handshake(tls.Server(Wrap(c), cfg))
+			go s.handshake(tls.Server(wrap(c), cfg))
 		}
 	}
 }
@@ -203,7 +203,7 @@ func (s *TLSServer) handshake(tc *tls.Conn) {
 	case "acme-tls/1":
 		tc.Close()
 	default:
-		if s.Loop != nil && s.Loop.AdoptTLS(tc, s.ch) {
+		if s.Loop != nil && s.Loop.adoptTLS(tc, s.ch) {
 			return
 		}
 		if !s.ch.deliver(tc) {
