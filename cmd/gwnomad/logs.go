@@ -63,6 +63,9 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	useStderr := fs.Bool("stderr", false, "the task's stderr instead of its stdout")
 	tail := fs.Int("tail", -1, "only the last N lines; -1 for all")
 	file := fs.String("spec", "", "spec file (default: the embedded demo spec)")
+	if probed(stdout, fs) {
+		return exitOK
+	}
 	// The argument may come before, between or after the flags.
 	var pos []string
 	for rest := args; ; {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/scheduler"
 )
 
@@ -92,7 +93,7 @@ func runRestart(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return nil
 	})
 	timeout := fs.Duration("timeout", 0, "per node, how long the drain and the return may take (default: [update] healthy_deadline)")
-	lbService := fs.String("lb-service", "gwnomad-lb", "Consul `service` the load balancers register as; \"\" for Consul's view only")
+	lbService := fs.String("lb-service", contract.LBService, "Consul `service` the load balancers register as; \"\" for Consul's view only")
 	out := fs.String("o", "text", "output: text or json")
 	if code, ok := parseFlags(fs, args, restartUsage, stdout, stderr); !ok {
 		return code

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/gwnomad/gwnomad/internal/contract"
 	"github.com/gwnomad/gwnomad/scheduler"
 )
 
@@ -54,7 +55,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("gwnomad status", flag.ContinueOnError)
 	file := fs.String("f", "", "spec file (default: the embedded demo spec)")
 	out := fs.String("o", "text", "output: text or json")
-	lbService := fs.String("lb-service", "gwnomad-lb", "Consul `service` the load balancers register as (lb.toml consul.service_name); \"\" to leave them out")
+	lbService := fs.String("lb-service", contract.LBService, "Consul `service` the load balancers register as (lb.toml consul.service_name); \"\" to leave them out")
 	watch := fs.Bool("watch", false, "show the status again on every change, until Ctrl-C")
 	if code, ok := parseFlags(fs, args, statusUsage, stdout, stderr); !ok {
 		return code
