@@ -3,7 +3,6 @@ package resilience
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,11 +36,7 @@ func TestRestartUnderLoad(t *testing.T) {
 	if !ok {
 		t.Fatalf("the spec does not share %s", gatewaysim.APIDirRelPath)
 	}
-	apiDir := filepath.Join(st.SharedDir, rel)
-	if err := os.MkdirAll(apiDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(apiDir, gatewaysim.SampleAPIFile), gatewaysim.SampleAPI, 0o644); err != nil {
+	if err := gatewaysim.WriteSampleAPI(filepath.Join(st.SharedDir, rel)); err != nil {
 		t.Fatal(err)
 	}
 	consul := st.ConsulAPI()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -95,11 +94,7 @@ func TestLogsAndStatusWatch(t *testing.T) {
 		if !ok {
 			t.Fatalf("the spec does not share %s", gatewaysim.APIDirRelPath)
 		}
-		apiDir := filepath.Join(st.SharedDir, rel)
-		if err := os.MkdirAll(apiDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(apiDir, gatewaysim.SampleAPIFile), gatewaysim.SampleAPI, 0o644); err != nil {
+		if err := gatewaysim.WriteSampleAPI(filepath.Join(st.SharedDir, rel)); err != nil {
 			t.Fatal(err)
 		}
 		want := "artifact " + gatewaysim.SampleAPIFile + ": deployed API"
@@ -129,7 +124,9 @@ func TestLogsAndStatusWatch(t *testing.T) {
 		var text, jsonl, errs testenv.SyncBuffer
 		done := make(chan int, 2)
 		go func() { done <- commands["status"].run(ctx, []string{"-f", v1, "--watch"}, &text, &errs) }()
-		go func() { done <- commands["status"].run(ctx, []string{"-f", v1, "--watch", "-o", "json"}, &jsonl, &errs) }()
+		go func() {
+			done <- commands["status"].run(ctx, []string{"-f", v1, "--watch", "-o", "json"}, &jsonl, &errs)
+		}()
 		tables := func() []string { return strings.Split(text.String(), "--- status at ")[1:] }
 		docs := func() []scheduler.Status {
 			var out []scheduler.Status
