@@ -23,6 +23,10 @@ var hopHeaders = []string{
 // fasthttp would add a Content-Type to one with a body.
 func stripHopRequest(h *fasthttp.RequestHeader, keepUpgrade bool) {
 	h.SetNoDefaultContentType(true)
+	if hop, _ := present(h.RawHeaders()); !hop {
+		h.ResetConnectionClose()
+		return
+	}
 	if conn := h.Peek("Connection"); len(conn) > 0 {
 		forEachToken(conn, func(tok []byte) {
 			if !keepUpgrade || !bytes.EqualFold(tok, []byte("upgrade")) {
@@ -124,8 +128,10 @@ func (p *Proxy) setForwarded(h *fasthttp.RequestHeader, client netip.Addr, isTLS
 			h.SetBytesV("X-Forwarded-Host", b[hostAt:hEnd])
 		}
 	} else {
-		for _, k := range spoofable {
-			h.Del(k)
+		if _, spoof := present(h.RawHeaders()); spoof {
+			for _, k := range spoofable {
+				h.Del(k)
+			}
 		}
 		if client.IsValid() {
 			b = client.AppendTo(b)
@@ -155,4 +161,52 @@ func (p *Proxy) trusted(a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// present reports whether the request came with any field the hop-by-hop
+// rule (hop) or the forwarding rule (spoof) acts on, from its header block
+// as it came: one pass over the block costs less than a lookup for each
+// name, and most requests have none. Both are true for a header not read
+// from the wire (h2, or built), whose rules then look for each name.
+func present(raw []byte) (hop, spoof bool) {
+	if len(raw) == 0 {
+		return true, true
+	}
+	for len(raw) > 0 {
+		i := bytes.IndexByte(raw, '\n')
+		if i < 0 {
+			i = len(raw) - 1
+		}
+		line := raw[:i+1]
+		raw = raw[i+1:]
+		c := bytes.IndexByte(line, ':')
+		if c <= 0 {
+			continue
+		}
+		name := line[:c]
+		switch len(name) {
+		case 2:
+			hop = hop || bytes.EqualFold(name, []byte("Te"))
+		case 6:
+			hop = hop || bytes.EqualFold(name, []byte("Expect"))
+		case 7:
+			hop = hop || bytes.EqualFold(name, []byte("Trailer")) || bytes.EqualFold(name, []byte("Upgrade"))
+		case 9:
+			spoof = spoof || bytes.EqualFold(name, []byte("Forwarded")) || bytes.EqualFold(name, []byte("X-Real-Ip"))
+		case 10:
+			hop = hop || bytes.EqualFold(name, []byte("Connection")) || bytes.EqualFold(name, []byte("Keep-Alive"))
+		case 15:
+			spoof = spoof || bytes.EqualFold(name, []byte("X-Forwarded-For"))
+		case 16:
+			hop = hop || bytes.EqualFold(name, []byte("Proxy-Connection"))
+			spoof = spoof || bytes.EqualFold(name, []byte("X-Forwarded-Host"))
+		case 17:
+			spoof = spoof || bytes.EqualFold(name, []byte("X-Forwarded-Proto"))
+		case 18:
+			hop = hop || bytes.EqualFold(name, []byte("Proxy-Authenticate"))
+		case 19:
+			hop = hop || bytes.EqualFold(name, []byte("Proxy-Authorization"))
+		}
+	}
+	return hop, spoof
 }

@@ -32,7 +32,7 @@ type client struct {
 	tls        *tlsLink // over TLS (L8); nil: plain
 	deadline   int64    // unix nanoseconds; 0: none
 	x          *exchange
-	held       reservation // of the answer budget, for the answer being read or written (L11)
+	held       int64 // bytes of the answer budget for the answer being read or written (L11)
 }
 
 const (
@@ -404,7 +404,7 @@ func (lp *loop) flush(c *client) {
 
 // written: the answer is out; c's next request, or its end.
 func (lp *loop) written(c *client) {
-	c.held.release()
+	lp.unhold(c)
 	if c.closeAfter || lp.stopped && len(c.buf) == 0 {
 		lp.closeClient(c)
 		return
@@ -429,7 +429,7 @@ func (lp *loop) closeClient(c *client) {
 		c.x = nil
 		putExchange(x)
 	}
-	c.held.release()
+	lp.unhold(c)
 	if c.tls != nil {
 		lp.goodbye(c)
 	}

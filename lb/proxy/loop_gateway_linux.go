@@ -77,7 +77,7 @@ func (lp *loop) send(c *client, x *exchange, u *balancer.Upstream, fresh bool) b
 		}
 	}
 	u.Acquire()
-	c.held.release() // an earlier try's answer, if any, is gone
+	lp.unhold(c) // an earlier try's answer, if any, is gone
 	g.c, x.gw = c, g
 	g.off, x.total, x.bodyStart, x.interim, x.headed = 0, 0, 0, 0, false
 	x.chunked, x.chunk = false, chunkState{}
@@ -511,15 +511,49 @@ func decodeChunks(b []byte, st *chunkState, max int) (bool, error) {
 
 // hold grows c's reservation of the answer budget to n bytes (L11); false,
 // counted, when the budget cannot take them.
+//
+// The loop takes the budget in leases (loopLease, or a 256th of the
+// budget if less) and serves its answers from them without an atomic
+// operation; what it does not use goes back at the next sweep.
 func (lp *loop) hold(c *client, n int) bool {
-	if c.held.total == nil {
-		c.held.total = lp.p.opt.answers
-	}
-	if c.held.grow(int64(n) - c.held.n) {
+	d := int64(n) - c.held
+	if d <= 0 {
 		return true
 	}
-	c.held.total.refused.Add(1)
-	return false
+	if lp.lease < d {
+		b := lp.p.opt.answers
+		step := int64(loopLease)
+		if b.limit > 0 {
+			step = min(step, b.limit/256)
+		}
+		want := max(d-lp.lease, step)
+		if !tryAdd(&b.used, want, b.limit) {
+			want = d - lp.lease
+			if !tryAdd(&b.used, want, b.limit) {
+				b.refused.Add(1)
+				return false
+			}
+		}
+		lp.lease += want
+	}
+	lp.lease -= d
+	c.held += d
+	return true
+}
+
+// unhold gives c's part of the budget back to the loop's lease.
+func (lp *loop) unhold(c *client) {
+	lp.lease += c.held
+	c.held = 0
+}
+
+// giveBack returns the loop's unused lease to the budget (every sweep,
+// and when the loop stops).
+func (lp *loop) giveBack() {
+	if lp.lease > 0 {
+		lp.p.opt.answers.used.Add(-lp.lease)
+		lp.lease = 0
+	}
 }
 
 // health tells the route how the instance answered (rule 5); 502–504 were

@@ -94,7 +94,7 @@ func (lp *loop) relay(g *gateway) {
 	pre := bytes.Clone(c.buf)
 	closeAfter := c.closeAfter || lp.s.stopping.Load()
 	remote := c.remote
-	c.held.release() // the relay reserves what it holds itself
+	lp.unhold(c) // the relay reserves what it holds itself
 	gfd := g.fd
 	g.fd, c.x = -1, nil
 	cc, hand, cerr := lp.detach(c)

@@ -96,7 +96,9 @@ import (
 //      their last byte is written or the client is gone: one of known
 //      length whole, a chunked one as it is decoded. An answer the budget
 //      cannot take is relayed (L4) and streamed, not held, so clients
-//      that do not read cannot pin more than the budget.
+//      that do not read cannot pin more than the budget. A loop takes the
+//      budget in leases of up to 1 MiB, so that an answer costs no atomic
+//      operation, and gives back what it does not hold at each sweep.
 
 const (
 	loopMaxAnswer   = 1 << 20                // the most a loop buffers of one answer (L2)
@@ -105,6 +107,7 @@ const (
 	loopGatewayHead = 16 << 10               // as the HostClient's ReadBufferSize
 	loopFirstBuffer = 4 << 10                // a gateway connection's first read buffer
 	loopKeepBuffer  = 64 << 10               // larger buffers are dropped after their answer
+	loopLease       = 1 << 20                // of the answer budget, taken at once (L11)
 )
 
 // loopProcs is the number of loops of a server: GOMAXPROCS as the process
@@ -281,6 +284,7 @@ type loop struct {
 	br        *bufio.Reader // heads are parsed from it
 	plain     []byte        // an answer to seal (TLS)
 	sealed    []byte        // and sealed
+	lease     int64         // of the answer budget, taken and not held by a client (L11)
 
 	amu   sync.Mutex
 	given []newConn // connections given to this loop (L1, L8)
@@ -442,6 +446,7 @@ func (lp *loop) run() {
 			lp.closeGateway(g)
 		}
 	}
+	lp.giveBack()
 	lp.dropGiven()
 }
 
@@ -534,7 +539,7 @@ func (lp *loop) contain(c *client, g *gateway) {
 // in, as far as it can: c's state may be what the fault left.
 func (lp *loop) abandon(c *client) {
 	defer func() { _ = recover() }()
-	c.held.release()
+	lp.unhold(c)
 	if x := c.x; x != nil {
 		c.x = nil
 		if g := x.gw; g != nil {
@@ -587,7 +592,7 @@ func (lp *loop) reset() {
 			if o.fd == fd {
 				unix.Close(fd)
 			}
-			o.held.release()
+			lp.unhold(o)
 			o.fd, o.state = -1, cGone
 		case *gateway:
 			if o.fd == fd {
@@ -603,6 +608,7 @@ func (lp *loop) reset() {
 	}
 	lp.load.Add(-int32(lp.clients))
 	lp.clients = 0
+	lp.giveBack()
 	lp.pools = map[*balancer.Upstream][]*gateway{}
 }
 
@@ -752,8 +758,10 @@ func sockaddrIP(sa unix.Sockaddr) netip.Addr {
 // request head ("request") and where it sweeps ("sweep"), to prove L10.
 var testFault atomic.Pointer[func(site string, s *LoopServer, head []byte)]
 
-// sweep applies the timeouts (L5).
+// sweep applies the timeouts (L5) and gives the unused lease of the
+// answer budget back (L11).
 func (lp *loop) sweep() {
+	lp.giveBack()
 	if f := testFault.Load(); f != nil {
 		(*f)("sweep", lp.s, nil)
 	}

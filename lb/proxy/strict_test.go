@@ -140,3 +140,27 @@ func TestRefusedHeads(t *testing.T) {
 		})
 	}
 }
+
+// present finds the fields the hop-by-hop and forwarding rules act on
+// whatever their case, and says both for a header not read from the wire.
+func TestPresent(t *testing.T) {
+	for _, tc := range []struct {
+		raw        string
+		hop, spoof bool
+	}{
+		{"", true, true},
+		{"Host: a\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n", false, false},
+		{"Host: a\r\nconnection: close\r\n\r\n", true, false},
+		{"Host: a\r\nTE: trailers\r\n\r\n", true, false},
+		{"Host: a\r\nPROXY-AUTHORIZATION: x\r\n\r\n", true, false},
+		{"Host: a\r\nx-forwarded-for: 1.2.3.4\r\n\r\n", false, true},
+		{"Host: a\r\nX-Forwarded-Host: e\r\nKeep-Alive: 1\r\n\r\n", true, true},
+		{"Host: a\r\nx-real-ip: 1\r\n\r\n", false, true},
+		{"Host: a\r\nForwarded: for=1\r\n\r\n", false, true},
+		{"Host: a\r\nX-Forwarded-Proto: https\r\n\r\n", false, true},
+	} {
+		if hop, spoof := present([]byte(tc.raw)); hop != tc.hop || spoof != tc.spoof {
+			t.Errorf("%q: hop %v spoof %v, want %v %v", tc.raw, hop, spoof, tc.hop, tc.spoof)
+		}
+	}
+}
