@@ -353,8 +353,15 @@ func (lp *loop) takeGiven() {
 		// Its first request may be in already; over TLS crypto/tls may
 		// hold it, read with the handshake's last flight (the
 		// registration's EPOLLOUT edge would also bring it).
-		lp.serveClient(c)
+		lp.serveGiven(c)
 	}
+}
+
+// serveGiven serves a connection just given to the loop; a fault closes
+// that connection only, as in its later events (L10).
+func (lp *loop) serveGiven(c *client) {
+	defer lp.contain(c, nil)
+	lp.serveClient(c)
 }
 
 // dropGiven closes what is queued when the loop ends, and what comes.
