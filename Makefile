@@ -44,11 +44,13 @@ $(BIN)/pebble: tools/pebble/go.mod
 $(BIN)/h2spec: tools/h2spec/go.mod
 	cd tools/h2spec && GOTOOLCHAIN=$(TOOLS_GOTOOLCHAIN) GOBIN=$(BIN) $(GO) install tool
 
-# What CI runs: static checks, unit and integration tests against real
+# What CI runs: the Debian packages its tests need (scripts/test-deps.sh),
+# static checks, unit and integration tests against real
 # Consul, Nomad, Pebble and Chromium (the resilience suite included: about
 # 5 of its ~15 minutes), then every fuzz target briefly. Packages run one at
 # a time (-p 1): each starts its own agents, and the machine has 2 cores.
 test: build tools $(LINTBIN)/staticcheck
+	scripts/test-deps.sh
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(LINTBIN)/staticcheck ./...

@@ -37,7 +37,8 @@
 //	explain     why an allocation fails: task events (a template waiting
 //	            for a key, a driver error), Consul check output, the last
 //	            lines of its stderr (read through the client's file API)
-//	revert      Nomad auto-reverted; the KV values restored; the rollback
+//	revert      Nomad auto-reverted; the reverted version renders its own KV
+//	            folder, which was never changed; the rollback
 //	summary     the end: nodes, addresses, versions, time taken
 //
 // A Reporter prints them: NewJSONReporter (one object per line),

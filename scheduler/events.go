@@ -22,7 +22,7 @@ const (
 	EventNodeGone    = "node_gone"   // an allocation stopped
 	EventExplain     = "explain"     // why an allocation failed (task events, stderr)
 	EventPromote     = "promote"     // canaries promoted, or waiting for promotion
-	EventRevert      = "revert"      // Nomad rolled back; KV restored
+	EventRevert      = "revert"      // Nomad rolled back (the old version reads its own KV folder)
 	EventSummary     = "summary"     // the end (Summary set)
 	EventInterrupted = "interrupted" // monitoring stopped; the deployment goes on
 	EventMessage     = "message"     // anything else worth a line

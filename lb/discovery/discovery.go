@@ -456,7 +456,7 @@ func maps(a, b map[string]string) bool {
 	return true
 }
 
-// backoff is min*2^(n-1), capped at max, with ±20% jitter.
+// backoff is min*2^(n-1), capped at max, with ±10% jitter.
 func backoff(minD, maxD time.Duration, n int) time.Duration {
 	d := minD
 	for i := 1; i < n && d < maxD; i++ {

@@ -78,10 +78,9 @@ import (
 //      server starts. A loop waits in epoll_wait inside a system call;
 //      while every P is held so, the runtime's monitor takes one back every
 //      20 µs and starts a thread that finds nothing to run and sleeps
-//      again. An idle P stops that churn (per request under wrk, nanosleep
-//      calls 0.2 → 0.05, futex 0.06 → 0.02, context switches 0.6 → 0.45,
-//      HAProxy's figure; perf stat under wrk). The goroutines (handshakes, h2,
-//      discovery) use the spare P when the loops leave it idle.
+//      again. An idle P stops that churn of threads, sleeps and context
+//      switches. The goroutines (handshakes, h2, discovery) use the spare
+//      P when the loops leave it idle.
 //  L10. A fault never ends the process. A loop that meets a state it
 //      should not (a loopFault) or panics while serving a connection's
 //      event closes that connection and the gateway connection serving it,
