@@ -197,7 +197,7 @@ func New(cfg *config.Config, opts ...Option) (*LB, error) {
 		l.log = slog.Default()
 	}
 	if l.consul == nil {
-		c, err := ConsulClient(&cfg.Consul)
+		c, err := ConsulClient(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -299,30 +299,38 @@ func certsConfig(cfg *config.Config, log *slog.Logger) certs.Config {
 	}
 }
 
-// ConsulClient makes a Consul client from the environment (CONSUL_HTTP_ADDR,
-// CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) overridden by the [consul] table.
-func ConsulClient(c *config.Consul) (*consulapi.Client, error) {
-	cc := consulapi.DefaultConfig()
-	if c.Address != "" {
-		cc.Address = c.Address
-	}
-	if c.Scheme != "" {
-		cc.Scheme = c.Scheme
-	}
-	if c.Token != "" {
-		cc.Token = c.Token
-	}
-	if c.Datacenter != "" {
-		cc.Datacenter = c.Datacenter
-	}
-	if c.CAFile != "" {
-		cc.TLSConfig.CAFile = c.CAFile
-	}
-	cl, err := consulapi.NewClient(cc)
+// ConsulClient makes the balancer's Consul client. The rule is the spec's
+// (spec.ConsulConfig) and the Consul CLI's: the environment
+// (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL, CONSUL_CACERT)
+// overrides the [consul] table, so that one lb.toml serves every cluster
+// the process is pointed at; a value given by flag (SetByFlag, e.g.
+// --consul) overrides both.
+func ConsulClient(cfg *config.Config) (*consulapi.Client, error) {
+	cl, err := consulapi.NewClient(consulConfig(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	return cl, nil
+}
+
+func consulConfig(cfg *config.Config) *consulapi.Config {
+	cc := consulapi.DefaultConfig() // reads the environment
+	c := &cfg.Consul
+	set := func(key, env string, dst *string, v string) {
+		if v != "" && (os.Getenv(env) == "" || cfg.ByFlag(key)) {
+			*dst = v
+		}
+	}
+	set("consul.address", "CONSUL_HTTP_ADDR", &cc.Address, c.Address)
+	set("consul.scheme", "CONSUL_HTTP_SSL", &cc.Scheme, c.Scheme)
+	if os.Getenv("CONSUL_HTTP_TOKEN_FILE") == "" {
+		set("consul.token", "CONSUL_HTTP_TOKEN", &cc.Token, c.Token)
+	}
+	if c.Datacenter != "" {
+		cc.Datacenter = c.Datacenter
+	}
+	set("consul.ca_file", "CONSUL_CACERT", &cc.TLSConfig.CAFile, c.CAFile)
+	return cc
 }
 
 // newBuilder makes the routing table builder of cfg's routes and health.

@@ -45,9 +45,9 @@ systemd it is the main process now); systemd socket activation
 (LISTEN_FDS, FileDescriptorName=http, https or admin) works too. Under
 Nomad (NOMAD_ALLOC_ID set) SIGUSR2 is refused, as the task's process must
 stay: run two allocations there and let Nomad roll them. Flags
-override the file; Consul is reached through the usual environment
-(CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) unless [consul]
-says otherwise.
+override the file. Consul is reached as the spec reaches it: the usual
+environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL,
+CONSUL_CACERT) overrides lb.toml's [consul], and --consul overrides both.
 
 A minimal lb.toml:
 

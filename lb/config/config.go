@@ -61,14 +61,16 @@ type Listen struct {
 	Admin string `toml:"admin"` // default "127.0.0.1:9901": /metrics, /routes, /healthz
 }
 
-// Consul is how the balancer reaches Consul. Empty values come from the
-// usual environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...).
+// Consul is how the balancer reaches Consul. The usual environment
+// (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL, CONSUL_CACERT)
+// overrides these keys, as it overrides the spec's [consul]; flags
+// override both.
 type Consul struct {
-	Address    string `toml:"address"`    // default "" (CONSUL_HTTP_ADDR, else 127.0.0.1:8500)
-	Scheme     string `toml:"scheme"`     // default "" (from the environment, else http)
-	Token      string `toml:"token"`      // default "" (CONSUL_HTTP_TOKEN)
+	Address    string `toml:"address"`    // default "" (127.0.0.1:8500)
+	Scheme     string `toml:"scheme"`     // default "" (http)
+	Token      string `toml:"token"`      // default "" (none)
 	Datacenter string `toml:"datacenter"` // default "" (the agent's)
-	CAFile     string `toml:"ca_file"`    // default "" (CONSUL_CACERT)
+	CAFile     string `toml:"ca_file"`    // default "" (system roots)
 
 	// WaitTime is how long one blocking query may wait for a change.
 	WaitTime Duration `toml:"wait_time"` // default "60s"
@@ -372,9 +374,9 @@ func (c *Config) SetByFlag(key string) {
 	c.flags[key] = true
 }
 
-// byFlag reports whether key, or a table holding it ("routes[2]"), was set
+// ByFlag reports whether key, or a table holding it ("routes[2]"), was set
 // on the command line.
-func (c *Config) byFlag(key string) bool {
+func (c *Config) ByFlag(key string) bool {
 	for k := key; k != ""; {
 		if c.flags[k] {
 			return true
@@ -397,7 +399,7 @@ type problems struct {
 func (p *problems) add(key, format string, args ...any) {
 	e := &tomlfile.Error{Key: key, Msg: fmt.Sprintf(format, args...)}
 	switch {
-	case p.c.byFlag(key):
+	case p.c.ByFlag(key):
 		e.Msg += " (set on the command line)"
 	case p.c.file != "":
 		pos := p.c.pos.AtDotted(key)
